@@ -1,0 +1,248 @@
+"""YAML configs with `_base_` inheritance, a typed schema and `key=value` overrides.
+
+A config file is YAML. Its optional `_base_` key names one or more files (relative to it) that are
+loaded first and deep-merged under it, so a recipe is written once and each experiment only says
+what differs (lists are replaced, not merged). The result is checked against a dataclass schema
+with OmegaConf: every key must exist in the schema (an unknown key is an error naming the nearest
+valid one), every value must have the schema's type, and `${oc.env:NAME}` reads an environment
+variable (used for dataset roots).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import errors as oc_errors
+
+from . import ConfigError
+
+T = TypeVar("T")
+BASE_KEY = "_base_"
+
+
+def option(default: Any = MISSING, help: str = "", **kwargs: Any) -> Any:
+    """A schema field with a help text, shown by the CLIs' --help."""
+    if isinstance(default, (list, dict)):
+        value = default
+        return dataclasses.field(default_factory=lambda: _copy(value), metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+
+
+def _copy(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+# --------------------------------------------------------------------------------------- loading
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """Read a YAML config and the `_base_` files it names, merged (bases first)."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, path))
+        raise ConfigError(f"circular _base_ chain: {chain}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys to values, not {type(data).__name__}")
+    bases = data.pop(BASE_KEY, [])
+    merged: dict = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        merged = _deep_merge(merged, read_yaml(path.parent / base, (*_seen, path)))
+    return _deep_merge(merged, data)
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """`a.b=value` strings -> (key, value) with YAML-typed values (`lr=0.1`, `milestones=[1,2]`)."""
+    parsed = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=0.1)")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        parsed.append((key.strip(), value))
+    return parsed
+
+
+def load_config(schema: type[T], path: str | Path, overrides: list[str] = ()) -> T:
+    """Load `path` (with its bases) and `overrides` into an instance of the dataclass `schema`."""
+    data = read_yaml(path)
+    check_keys(schema, data)
+    pairs = parse_overrides(list(overrides))
+    for key, _ in pairs:
+        check_key_path(schema, key)
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(data))
+        for key, value in pairs:
+            OmegaConf.update(cfg, key, value, merge=True)
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise ConfigError(f"{path}: these keys need a value: {', '.join(missing)}")
+        OmegaConf.resolve(cfg)
+        return OmegaConf.to_object(cfg)
+    except oc_errors.InterpolationResolutionError as e:
+        raise ConfigError(_interpolation_message(e)) from None
+    except oc_errors.OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        first_line = str(e).splitlines()[0]
+        raise ConfigError(f"config key {key!r}: {first_line}" if key else first_line) from None
+
+
+def _interpolation_message(e: Exception) -> str:
+    key = getattr(e, "full_key", "?")
+    text = str(e).splitlines()[0]
+    if "Environment variable" in text:
+        var = text.split("'")[1] if "'" in text else "?"
+        return (f"config key {key!r} reads the environment variable {var}, which is not set: "
+                f"export {var}=/path/to/data, or override it: {key}=/path/to/data")
+    return f"config key {key!r}: {text}"
+
+
+# ------------------------------------------------------------------------------- key validation
+def _field_types(schema: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(schema)
+    return {f.name: hints[f.name] for f in dataclasses.fields(schema)}
+
+
+def _unwrap(tp: Any) -> Any:
+    """Optional[X] -> X."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) is typing.Union and len(args) == 1:
+        return args[0]
+    return tp
+
+
+def _unknown_key(full_key: str, valid: list[str]) -> ConfigError:
+    name = full_key.rsplit(".", 1)[-1]
+    parent = full_key.rpartition(".")[0]
+    near = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    hint = f" Did you mean '{(parent + '.' if parent else '') + near[0]}'?" if near else ""
+    where = f" under '{parent}'" if parent else ""
+    return ConfigError(f"unknown config key '{full_key}'.{hint} Valid keys{where}: "
+                       f"{', '.join(sorted(valid))}")
+
+
+def check_keys(schema: type, data: dict, prefix: str = "") -> None:
+    """Raise ConfigError for any key in `data` that `schema` does not define (recursively)."""
+    types = _field_types(schema)
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in types:
+            raise _unknown_key(full, list(types))
+        tp = _unwrap(types[key])
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            check_keys(tp, value, full + ".")
+        elif typing.get_origin(tp) is list and isinstance(value, list):
+            (item_type,) = typing.get_args(tp) or (Any,)
+            if dataclasses.is_dataclass(item_type):
+                for i, item in enumerate(value):
+                    if isinstance(item, dict):
+                        check_keys(item_type, item, f"{full}.{i}.")
+
+
+def check_key_path(schema: type, dotted: str) -> None:
+    """Raise ConfigError unless `dotted` (e.g. `optim.lr`, `students.0.arch`) names a schema key."""
+    tp: Any = schema
+    walked: list[str] = []
+    for part in dotted.replace("[", ".").replace("]", "").split("."):
+        tp = _unwrap(tp)
+        if dataclasses.is_dataclass(tp):
+            types = _field_types(tp)
+            if part not in types:
+                raise _unknown_key(".".join([*walked, part]), list(types))
+            tp = types[part]
+        elif typing.get_origin(tp) is list:
+            if not part.isdigit():
+                raise ConfigError(f"'{'.'.join(walked)}' is a list: index it with a number, "
+                                  f"e.g. {'.'.join(walked)}.0")
+            tp = (typing.get_args(tp) or (Any,))[0]
+        else:  # a free-form dict (e.g. constructor kwargs) or a leaf: anything below is allowed
+            return
+        walked.append(part)
+
+
+# ------------------------------------------------------------------------------ dump and compare
+def to_dict(cfg: Any) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def config_hash(cfg: Any) -> str:
+    """A short, stable hash of the resolved config."""
+    blob = json.dumps(to_dict(cfg) if not isinstance(cfg, dict) else cfg, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    if isinstance(d, list) and any(isinstance(v, (dict, list)) for v in d):
+        out = {}
+        for i, v in enumerate(d):
+            out.update(flatten(v, f"{prefix}{i}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def config_diff(old: dict, new: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Lines `key: old -> new` for every leaf that differs (keys in `ignore` are skipped)."""
+    a, b = flatten(old), flatten(new)
+    lines = []
+    for key in sorted(set(a) | set(b)):
+        if key in ignore or a.get(key, "<absent>") == b.get(key, "<absent>"):
+            continue
+        lines.append(f"  {key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
+    return lines
+
+
+def describe(schema: type, prefix: str = "") -> list[str]:
+    """One line per key: `key = default  help`, for --help."""
+    lines = []
+    for f in dataclasses.fields(schema):
+        tp = _unwrap(typing.get_type_hints(schema)[f.name])
+        key = prefix + f.name
+        if dataclasses.is_dataclass(tp):
+            lines += describe(tp, key + ".")
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "???"
+        if default is MISSING:
+            default = "???"
+        if typing.get_origin(tp) is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+            item = typing.get_args(tp)[0]
+            sub = ", ".join(g.name for g in dataclasses.fields(item))
+            default = f"[{{{sub}}}, ...]"
+        lines.append(f"  {key} = {default!s}    {f.metadata.get('help', '')}".rstrip())
+    return lines

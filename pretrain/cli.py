@@ -1,0 +1,58 @@
+"""`python -m pretrain CONFIG [key=value ...]`: train students together, then export them."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kdcl_common import KdclError
+from kdcl_common.config import describe, to_yaml
+
+from . import config
+
+EXAMPLES = """\
+examples:
+  python -m pretrain pretrain/configs/smoke/kdcl_minlogit.yaml
+  python -m pretrain pretrain/configs/cifar/kdcl_linear_icl.yaml data.root=$CIFAR100_ROOT seed=1
+  torchrun --nproc_per_node 8 -m pretrain pretrain/configs/imagenet/r50_r18/kdcl_minlogit.yaml
+  torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint $HOST:29500 \\
+      -m pretrain pretrain/configs/imagenet/four_students/kdcl_minlogit.yaml
+  python -m pretrain CONFIG --resume      # continue a killed run from its last checkpoint
+
+outputs: <output_root>/<name>/seed<seed>/ holds config.yaml, environment.json, log.txt,
+metrics.jsonl, tensorboard/, checkpoint.pth and export/<student>.{pth,json}; one result record
+per student is appended to `records`.
+
+config keys (key = default    help):
+"""
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pretrain", description=__doc__.split("\n")[0].split(": ", 1)[1],
+        epilog=EXAMPLES + "\n".join(describe(config.PretrainConfig)),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="a YAML config, e.g. pretrain/configs/smoke/kdcl_minlogit.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, e.g. optim.lr=0.2 students.0.arch=resnet34")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run from its last checkpoint (a no-op for a finished "
+                             "run; starts from scratch when there is no checkpoint)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config and exit")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        cfg = config.load(args.config, args.overrides)
+        if args.print_config:
+            print(to_yaml(cfg), end="")
+            return 0
+        from .engine import run  # imports torch.distributed etc. only when training
+
+        run(cfg, args.config, resume=args.resume)
+    except KdclError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,170 @@
+"""The pre-training config schema: every key a YAML file or a `key=value` override may set.
+
+`python -m pretrain --help` prints this schema with defaults and help texts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from kdcl_common import ConfigError, models
+from kdcl_common.config import load_config, option
+
+CONFIG_ROOT = Path(__file__).resolve().parent / "configs"
+METHODS = ("independent", "dml", "kd", "mean", "kdcl_naive", "kdcl_linear", "kdcl_minlogit",
+           "kdcl_general")
+DATASETS = ("imagefolder", "cifar100", "synthetic")
+POLICIES = ("imagenet", "cifar")
+
+
+@dataclass
+class StudentConfig:
+    arch: str = option(help=f"architecture: {', '.join(models.ARCHITECTURES)}")
+    kwargs: Dict[str, Any] = option({}, help="constructor arguments, e.g. {width_mult: 0.5}")
+    name: Optional[str] = option(None, help="name in logs and exports (default: from arch)")
+
+
+@dataclass
+class SyntheticConfig:
+    classes: int = option(10, help="number of classes")
+    train_per_class: int = option(120, help="training images per class")
+    val_per_class: int = option(30, help="validation images per class")
+    image_size: int = option(64, help="side of the generated JPEGs")
+    seed: int = option(0, help="generator seed (the data is a pure function of these keys)")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = option("imagefolder", help=f"one of {', '.join(DATASETS)}; 'synthetic' "
+                          "writes a generated ImageNet-layout set to data.root if it is missing")
+    root: str = option(help="dataset folder: train/ and val/ (imagefolder, synthetic) or the "
+                       "CIFAR-100 python folder")
+    policy: str = option("imagenet", help="augmentation policy: imagenet (random-resized crop, "
+                         "flip, colour jitter) or cifar (pad-4 crop, flip)")
+    image_size: int = option(224, help="training and evaluation crop size")
+    eval_resize: int = option(256, help="shorter side before the centre crop (imagenet policy)")
+    crop_scale: List[float] = option([0.08, 1.0], help="random-resized-crop area range")
+    color_jitter: float = option(0.4, help="brightness/contrast/saturation jitter (0 = off)")
+    held_out_per_class: int = option(20, help="training images per class held out for "
+                                     "KDCL-General's weights (excluded from training, all methods)")
+    split_seed: int = option(0, help="seed of the held-out split")
+    workers: int = option(8, help="data-loading processes per rank")
+    max_corrupt_fraction: float = option(0.001, help="stop when more than this fraction of the "
+                                         "images read so far could not be decoded")
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class MethodConfig:
+    name: str = option("kdcl_minlogit", help=f"one of {', '.join(METHODS)}")
+    temperature: float = option(2.0, help="T of the soft targets (and the T^2 factor)")
+    kd_weight: float = option(1.0, help="lambda, the weight of the distillation term")
+    icl: bool = option(True, help="invariant collaborative learning: each student gets its own "
+                       "random view of every image (false: all students see the same view)")
+    teacher: Optional[str] = option(None, help="kd only: an exported backbone .pth (with its "
+                                    ".json) used as the frozen teacher")
+    general_error: str = option("squared", help="kdcl_general: 'squared' (Eq. 8) or "
+                                "'cross_entropy' (Eq. 12) held-out error")
+
+
+@dataclass
+class OptimConfig:
+    batch_size: int = option(256, help="global batch size, split evenly across ranks")
+    lr: float = option(0.1, help="peak learning rate (after warm-up)")
+    momentum: float = option(0.9, help="SGD momentum")
+    nesterov: bool = option(False, help="Nesterov momentum")
+    weight_decay: float = option(1e-4, help="L2 weight decay on all parameters")
+    epochs: int = option(200, help="training epochs")
+    schedule: str = option("multistep", help="multistep or cosine")
+    milestones: List[int] = option([60, 120, 180], help="multistep: epochs where lr *= gamma")
+    gamma: float = option(0.1, help="multistep decay factor")
+    warmup_epochs: float = option(0.0, help="linear warm-up length in epochs")
+    warmup_start_lr: float = option(0.0, help="learning rate at the start of warm-up")
+    min_lr: float = option(0.0, help="cosine: final learning rate")
+
+
+@dataclass
+class TrainConfig:
+    device: str = option("auto", help="auto (GPU if present), cpu or cuda")
+    amp: str = option("off", help="mixed precision on GPU: off, bf16 or fp16 (with a scaler)")
+    channels_last: bool = option(False, help="channels-last memory format (faster on GPUs)")
+    sync_bn: bool = option(False, help="SyncBatchNorm across ranks (GPU, several processes; "
+                           "falls back to BatchNorm with a warning elsewhere)")
+    deterministic: bool = option(False, help="deterministic algorithms (bit-reproducible on CPU)")
+    log_interval: int = option(50, help="steps between training-metric logs (and NaN checks)")
+
+
+@dataclass
+class PretrainConfig:
+    name: Optional[str] = option(None, help="run name (default: the config's path under "
+                                 "pretrain/configs without .yaml)")
+    preset: str = option("custom", help="smoke, cifar, paper or custom (recorded in results)")
+    seed: int = option(0, help="seed of initialisation, data order and augmentation")
+    output_root: str = option("runs/pretrain", help="runs go to <output_root>/<name>/seed<seed>")
+    records: str = option("results/records/pretrain.jsonl", help="result records are appended here")
+    students: List[StudentConfig] = option([], help="the students trained together")
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_root) / str(self.name) / f"seed{self.seed}"
+
+
+# Keys that may change when a run is resumed; any other difference is refused.
+RESUMABLE_KEYS = ("data.workers", "train.log_interval")
+
+
+def load(path: str | Path, overrides: list[str] = ()) -> PretrainConfig:
+    cfg = load_config(PretrainConfig, path, overrides)
+    if cfg.name is None:
+        path = Path(path).resolve()
+        try:
+            cfg.name = str(path.relative_to(CONFIG_ROOT).with_suffix(""))
+        except ValueError:
+            cfg.name = path.stem
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: PretrainConfig) -> None:
+    """Checks that the schema's types cannot express."""
+    def choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not one of: {', '.join(allowed)}")
+
+    choice("method.name", cfg.method.name, METHODS)
+    choice("data.dataset", cfg.data.dataset, DATASETS)
+    choice("data.policy", cfg.data.policy, POLICIES)
+    choice("optim.schedule", cfg.optim.schedule, ("multistep", "cosine"))
+    choice("train.amp", cfg.train.amp, ("off", "bf16", "fp16"))
+    choice("method.general_error", cfg.method.general_error, ("squared", "cross_entropy"))
+    if not cfg.students:
+        raise ConfigError("no students: list at least one under `students:` "
+                          "(e.g. - {arch: resnet18})")
+    for i, student in enumerate(cfg.students):
+        if student.arch not in models.ARCHITECTURES:
+            raise ConfigError(f"students.{i}.arch: unknown architecture {student.arch!r}; known "
+                              f"architectures: {', '.join(models.ARCHITECTURES)}")
+    if cfg.method.name in ("dml", "kdcl_naive", "kdcl_linear", "kdcl_minlogit", "kdcl_general",
+                           "mean") and len(cfg.students) < 2:
+        raise ConfigError(f"method {cfg.method.name} trains students together: list at least 2")
+    if cfg.method.name == "kd" and not cfg.method.teacher:
+        raise ConfigError("method kd needs method.teacher=<exported backbone .pth>")
+    if cfg.method.name != "kd" and cfg.method.teacher:
+        raise ConfigError(f"method.teacher is only used by method kd, not {cfg.method.name}")
+    if cfg.method.name == "kdcl_general" and cfg.data.held_out_per_class <= 0:
+        raise ConfigError("kdcl_general estimates its weights on held-out images: "
+                          "set data.held_out_per_class > 0")
+    if cfg.method.temperature <= 0:
+        raise ConfigError(f"method.temperature must be > 0, got {cfg.method.temperature}")
+    if cfg.optim.batch_size <= 0 or cfg.optim.epochs <= 0:
+        raise ConfigError("optim.batch_size and optim.epochs must be positive")
+    if sorted(cfg.optim.milestones) != list(cfg.optim.milestones):
+        raise ConfigError(f"optim.milestones must be increasing, got {cfg.optim.milestones}")
+    if len(cfg.data.crop_scale) != 2 or not 0 < cfg.data.crop_scale[0] <= cfg.data.crop_scale[1] <= 1:
+        raise ConfigError(f"data.crop_scale must be [low, high] within (0, 1], "
+                          f"got {cfg.data.crop_scale}")

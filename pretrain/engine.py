@@ -1,0 +1,396 @@
+"""The collaborative training engine: all students in one process (or one per GPU/CPU rank with
+torchrun and DDP), one optimiser step per global batch, evaluation, checkpoints and export.
+
+Per step: every student sees its own view (ICL) or the shared one, the method builds the
+distillation targets from all students' detached logits, and one backward pass of
+L = sum_i [CE_i + lambda T^2 KD_i] updates every student. Each student is wrapped in DDP on its
+own, so students of different architectures reduce their own gradients. Training metrics stay
+on the device and are read once per log interval: the step has no host-device synchronisation.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from kdcl_common import KdclError, models, provenance
+from kdcl_common import distributed as kdist
+from kdcl_common.config import config_hash, to_dict, to_yaml
+from kdcl_common.io import atomic_write_json, atomic_write_text
+from kdcl_common.logs import MetricsWriter, get_logger, progress
+
+from . import checkpoint, methods, soft_targets
+from .config import OptimConfig, PretrainConfig
+from .data import loader as data_loader
+from .export import export_students
+from .losses import collaborative_loss
+
+
+class NonFiniteLossError(KdclError):
+    pass
+
+
+def student_names(cfg: PretrainConfig) -> list[str]:
+    """Names from the config, else from the architecture; repeated names get _0, _1, ..."""
+    names = [s.name or models.label(s.arch, s.kwargs) for s in cfg.students]
+    repeated = {n for n in names if names.count(n) > 1}
+    counters: dict[str, int] = {}
+    out = []
+    for n in names:
+        if n in repeated:
+            out.append(f"{n}_{counters.get(n, 0)}")
+            counters[n] = counters.get(n, 0) + 1
+        else:
+            out.append(n)
+    return out
+
+
+def learning_rate(cfg: OptimConfig, step: int, steps_per_epoch: int) -> float:
+    """Linear warm-up, then multistep decay or cosine, as a function of the global step."""
+    epoch = step / steps_per_epoch
+    if epoch < cfg.warmup_epochs:
+        return cfg.warmup_start_lr + (cfg.lr - cfg.warmup_start_lr) * epoch / cfg.warmup_epochs
+    if cfg.schedule == "multistep":
+        return cfg.lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    progress_ = (epoch - cfg.warmup_epochs) / max(cfg.epochs - cfg.warmup_epochs, 1e-8)
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * min(progress_, 1.0)))
+
+
+@dataclass
+class Trainer:
+    cfg: PretrainConfig
+    ctx: kdist.DistContext
+    names: list[str]
+    modules: list[nn.Module]  # the students themselves (exported, evaluated)
+    wrapped: list[nn.Module]  # the same, DDP-wrapped when distributed (trained)
+    method: methods.Method
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    data: data_loader.Data
+    logger: object
+    writer: MetricsWriter
+    autocast: Callable[[], AbstractContextManager]
+    scale: torch.Tensor  # 1 / (255 std), [1, 3, 1, 1]
+    shift: torch.Tensor  # -mean / std
+    corrupt: data_loader.CorruptImageTracker
+
+    @property
+    def views(self) -> int:
+        return len(self.modules) if self.cfg.method.icl else 1
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, 3, H, W] on the device -> normalised float input."""
+        x = torch.addcmul(self.shift, images.float(), self.scale)
+        if self.cfg.train.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    # ------------------------------------------------------------------------------- training
+    def train_one_epoch(self, epoch: int) -> dict:
+        cfg, device, S = self.cfg, self.ctx.device, len(self.modules)
+        loader = self.data.train
+        loader.batch_sampler.set_epoch(epoch)
+        steps = len(loader)
+        # Dropout's random stream is a function of (seed, epoch, rank): resuming needs no RNG state.
+        torch.manual_seed(data_loader.sample_seed(cfg.seed, epoch, self.ctx.rank, 1))
+        for m in self.modules:
+            m.train()
+        sums = torch.zeros(3, S, device=device)  # ce * n, kd * n, correct
+        seen = torch.zeros((), device=device)
+        first_bad = torch.full((S,), -1, dtype=torch.long, device=device)
+        window = [sums.clone(), seen.clone()]
+        start, data_wait = time.perf_counter(), 0.0
+        bar = progress(loader, self.ctx.rank, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+                       total=steps)
+        lr = learning_rate(cfg.optim, epoch * steps, steps)
+        tick = time.perf_counter()
+        for i, (views, labels, bad) in enumerate(bar):
+            data_wait += time.perf_counter() - tick
+            if bad:
+                self.corrupt.update(bad)
+            step = epoch * steps + i
+            if labels.numel():
+                lr = learning_rate(cfg.optim, step, steps)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                self._step(views, labels, sums, seen, first_bad, step)
+            if (i + 1) % cfg.train.log_interval == 0 or i + 1 == steps:
+                self._check_finite(first_bad, epoch, steps)
+                n = (seen - window[1]).clamp_min(1)
+                interval = ((sums - window[0]) / n).tolist()
+                window = [sums.clone(), seen.clone()]
+                scalars = {"lr": lr}
+                for k, name in enumerate(self.names):
+                    scalars.update({f"{name}/ce": interval[0][k], f"{name}/kd": interval[1][k],
+                                    f"{name}/top1": 100 * interval[2][k]})
+                self.writer.write("train", step + 1, scalars, epoch=epoch + 1)
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix({f"{n}_ce": f"{interval[0][k]:.3f}"
+                                     for k, n in enumerate(self.names)})
+            tick = time.perf_counter()
+        kdist.all_reduce_sum(sums)
+        kdist.all_reduce_sum(seen)
+        totals = (sums / seen.clamp_min(1)).tolist()
+        seconds = time.perf_counter() - start
+        images = int(seen.item())
+        out = {"lr": self.optimizer.param_groups[0]["lr"], "train_images": images,
+               "train_seconds": round(seconds, 3), "data_wait_seconds": round(data_wait, 3),
+               "images_per_second": round(images / seconds, 1)}
+        for k, name in enumerate(self.names):
+            out.update({f"train/{name}/ce": totals[0][k], f"train/{name}/kd": totals[1][k],
+                        f"train/{name}/top1": 100 * totals[2][k]})
+        return out
+
+    def _step(self, views, labels, sums, seen, first_bad, step) -> None:
+        device = self.ctx.device
+        views = views.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        inputs = [self.normalize(views[:, v]) for v in range(views.shape[1])]
+        with self.autocast():
+            logits = torch.stack([net(inputs[k % len(inputs)])
+                                  for k, net in enumerate(self.wrapped)]).float()
+        targets = self.method.targets(logits.detach(), labels, inputs)
+        terms = collaborative_loss(logits, labels, targets, self.cfg.method.temperature,
+                                   self.cfg.method.kd_weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(terms.total).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        with torch.no_grad():
+            n = labels.numel()
+            ce, kd = terms.ce.detach(), terms.kd.detach()
+            correct = (logits.detach().argmax(-1) == labels).sum(1)
+            sums += torch.stack([ce * n, kd * n, correct.float()])
+            seen += n
+            finite = torch.isfinite(ce) & torch.isfinite(kd)
+            first_bad.copy_(torch.where(~finite & (first_bad < 0), step, first_bad))
+
+    def _check_finite(self, first_bad: torch.Tensor, epoch: int, steps: int) -> None:
+        bad = first_bad.tolist()
+        for name, step in zip(self.names, bad):
+            if step >= 0:
+                last = checkpoint.path(self.cfg.run_dir)
+                kept = (f"the last good checkpoint is {last} (not overwritten)" if last.is_file()
+                        else "no checkpoint had been written yet")
+                raise NonFiniteLossError(
+                    f"the loss of student {name} became NaN/inf at epoch {epoch + 1}, step "
+                    f"{step - epoch * steps + 1} of {steps} (global step {step + 1}); training "
+                    f"stopped and {kept}. Lower optim.lr, lengthen optim.warmup_epochs, or use "
+                    f"train.amp=bf16 instead of fp16.")
+
+    # ----------------------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, loader, prefix: str, covariance: bool = False) -> dict:
+        """Top-1/top-5 of every student and of their ensemble (mean probability), summed over
+        ranks. With `covariance`, also KDCL-General's held-out error covariance and weights."""
+        device, S = self.ctx.device, len(self.modules)
+        for m in self.modules:
+            m.eval()
+        hits = torch.zeros(S + 1, 2, device=device, dtype=torch.float64)
+        seen = torch.zeros((), device=device, dtype=torch.float64)
+        cov = torch.zeros(S, S, device=device, dtype=torch.float64)
+        for views, labels, bad in loader:
+            if bad:
+                self.corrupt.update(bad)
+            if not labels.numel():
+                continue
+            views = views.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            x = self.normalize(views[:, 0])
+            with self.autocast():
+                logits = torch.stack([m(x) for m in self.modules]).float()
+            probs = logits.softmax(-1)
+            scores = torch.cat([probs, probs.mean(0, keepdim=True)])  # [S + 1, B, C]
+            top = scores.topk(min(5, scores.shape[-1]), dim=-1).indices
+            match = top == labels[None, :, None]
+            hits += torch.stack([match[..., 0].sum(1), match.any(-1).sum(1)], 1).double()
+            seen += labels.numel()
+            if covariance:
+                n = labels.numel()
+                cov += soft_targets.error_covariance(probs, labels, self.cfg.method.general_error) * n
+        kdist.all_reduce_sum(hits)
+        kdist.all_reduce_sum(seen)
+        acc = (100 * hits / seen.clamp_min(1)).tolist()
+        out = {}
+        for k, name in enumerate([*self.names, "ensemble"]):
+            out[f"{prefix}/{name}/top1"], out[f"{prefix}/{name}/top5"] = acc[k]
+        if covariance:
+            kdist.all_reduce_sum(cov)
+            weights = soft_targets.weights_from_covariance(cov / seen.clamp_min(1))
+            out["general_weights"] = [round(w, 6) for w in weights.tolist()]
+        return out
+
+    def sync_buffers(self) -> None:
+        """Give every rank rank 0's BatchNorm statistics before evaluating and exporting."""
+        if self.ctx.distributed:
+            for m in self.modules:
+                for buffer in m.buffers():
+                    dist.broadcast(buffer, src=0)
+
+
+# ------------------------------------------------------------------------------------ set-up
+def _configure_determinism(cfg: PretrainConfig, device: torch.device) -> None:
+    if cfg.train.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def _build_students(cfg: PretrainConfig, num_classes: int, ctx, logger) -> tuple[list, list]:
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every attempt
+    modules = [models.build(s.arch, num_classes=num_classes, **s.kwargs) for s in cfg.students]
+    if cfg.train.sync_bn:
+        if ctx.device.type == "cuda" and ctx.distributed:
+            modules = [nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in modules]
+        else:
+            where = "on the CPU" if ctx.device.type != "cuda" else "in a single process"
+            logger.warning(f"train.sync_bn=true has no effect {where} (torch's SyncBatchNorm "
+                           f"needs several GPU processes): using BatchNorm")
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.preserve_format
+    modules = [m.to(ctx.device, memory_format=memory_format) for m in modules]
+    if not ctx.distributed:
+        return modules, modules
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return modules, [DDP(m, device_ids=device_ids) for m in modules]
+
+
+def _amp_dtype(cfg: PretrainConfig, device: torch.device, logger) -> torch.dtype | None:
+    if cfg.train.amp == "off":
+        return None
+    if device.type != "cuda":
+        logger.warning(f"train.amp={cfg.train.amp} is for GPUs; training in float32 on the CPU")
+        return None
+    return torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16
+
+
+def make_autocast(device: torch.device, dtype: torch.dtype | None) -> Callable:
+    """A factory of mixed-precision contexts (a no-op context when `dtype` is None)."""
+    if dtype is None:
+        return nullcontext
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def _epoch_line(epoch: int, cfg: PretrainConfig, names: list[str], m: dict, seconds: float) -> str:
+    parts = [f"epoch {epoch + 1}/{cfg.optim.epochs}", f"lr {m['lr']:.4g}"]
+    for n in names:
+        parts.append(f"{n}: ce {m[f'train/{n}/ce']:.3f} kd {m[f'train/{n}/kd']:.3f} "
+                     f"top1 {m[f'val/{n}/top1']:.2f}")
+    parts.append(f"ensemble top1 {m['val/ensemble/top1']:.2f}")
+    if "general_weights" in m:
+        parts.append(f"w {m['general_weights']}")
+    parts.append(f"{m['images_per_second']:.0f} img/s, {seconds:.1f} s")
+    return " | ".join(parts)
+
+
+def run(cfg: PretrainConfig, config_file: str, resume: bool = False) -> Path:
+    """Train (or resume) the run described by `cfg`, then export. Returns the run directory."""
+    ctx = kdist.init(cfg.train.device)
+    try:
+        return _run(cfg, config_file, resume, ctx)
+    finally:
+        kdist.shutdown()
+
+
+def _run(cfg: PretrainConfig, config_file: str, resume: bool, ctx) -> Path:
+    run_dir = cfg.run_dir
+    action = checkpoint.check_run_dir(run_dir, resume)
+    logger = get_logger("pretrain", ctx.rank, run_dir / "log.txt" if action != "finished" else None)
+    config = to_dict(cfg)
+    if action == "finished":
+        checkpoint.check_finished_config(run_dir, config)
+        logger.info(f"{run_dir} is already finished; exports in {run_dir / 'export'}")
+        return run_dir
+    _configure_determinism(cfg, ctx.device)
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+        atomic_write_json(run_dir / "environment.json",
+                          {**provenance.environment(ctx.world_size), "config_file": config_file,
+                           "config_hash": config_hash(cfg)})
+    logger.info(f"run {cfg.name} seed {cfg.seed}: {cfg.method.name} (icl={cfg.method.icl}), "
+                f"students {student_names(cfg)}, {ctx.world_size} process(es) on "
+                f"{ctx.device.type}; writing to {run_dir}")
+
+    names = student_names(cfg)
+    views = len(cfg.students) if cfg.method.icl else 1
+    data = data_loader.build(cfg.data, views, cfg.optim.batch_size, cfg.seed, ctx)
+    if ctx.is_main and len(data.held_out_indices):
+        src = data.train.dataset.source
+        atomic_write_text(run_dir / "held_out.txt",
+                          "\n".join(src.describe(int(i)) for i in data.held_out_indices) + "\n")
+    modules, wrapped = _build_students(cfg, data.num_classes, ctx, logger)
+    amp_dtype = _amp_dtype(cfg, ctx.device, logger)
+    params = [p for m in modules for p in m.parameters()]
+    optimizer = torch.optim.SGD(params, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                                nesterov=cfg.optim.nesterov, weight_decay=cfg.optim.weight_decay)
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp_dtype == torch.float16)
+    autocast = make_autocast(ctx.device, amp_dtype)
+    method = methods.build(cfg.method, len(modules), ctx.device, data.num_classes, data.mean,
+                           data.std, autocast)
+    std = torch.tensor(data.std, device=ctx.device).view(1, 3, 1, 1)
+    mean = torch.tensor(data.mean, device=ctx.device).view(1, 3, 1, 1)
+    trainer = Trainer(cfg, ctx, names, modules, wrapped, method, optimizer, scaler, data, logger,
+                      MetricsWriter(run_dir, enabled=ctx.is_main), autocast,
+                      1.0 / (255.0 * std), -mean / std,
+                      data_loader.CorruptImageTracker(data.train_size + len(data.held_out_indices),
+                                                      cfg.data.max_corrupt_fraction, logger))
+
+    start_epoch, history, wall = 0, [], 0.0
+    if action == "resume":
+        state = checkpoint.load(run_dir, config)
+        for m, sd in zip(modules, state["students"]):
+            m.load_state_dict(sd)
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        method.load_state_dict(state["method"])
+        start_epoch, history, wall = state["epoch"], state["history"], state["wall_seconds"]
+        logger.info(f"resumed from {checkpoint.path(run_dir)} after epoch {start_epoch}")
+
+    try:
+        for epoch in range(start_epoch, cfg.optim.epochs):
+            t0 = time.perf_counter()
+            metrics = {"epoch": epoch + 1, **trainer.train_one_epoch(epoch)}
+            trainer.sync_buffers()
+            metrics.update(trainer.evaluate(data.val, "val"))
+            if data.held_out is not None:
+                held = trainer.evaluate(data.held_out, "held_out", covariance=True)
+                metrics.update(held)
+                if isinstance(method, methods.General):
+                    method.set_weights(torch.tensor(held["general_weights"]))
+            seconds = time.perf_counter() - t0
+            wall += seconds
+            metrics["epoch_seconds"] = round(seconds, 3)
+            history.append(metrics)
+            if ctx.is_main:
+                checkpoint.save(run_dir, {
+                    "epoch": epoch + 1, "students": [m.state_dict() for m in modules],
+                    "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                    "method": method.state_dict(), "config": config, "history": history,
+                    "wall_seconds": wall})
+                trainer.writer.write("epoch", epoch + 1,
+                                     {k: v for k, v in metrics.items() if k != "general_weights"},
+                                     general_weights=metrics.get("general_weights"))
+                logger.info(_epoch_line(epoch, cfg, names, metrics, seconds))
+            kdist.barrier()
+    finally:
+        trainer.writer.close()
+
+    if ctx.is_main:
+        metas = export_students(cfg, config_file, names, modules, data, history[-1], history,
+                                wall, ctx.world_size)
+        for meta in metas:
+            logger.info(f"exported {meta['name']} ({meta['architecture']}, top-1 "
+                        f"{meta['metrics']['top1']:.2f}) to {run_dir / 'export' / meta['name']}.pth")
+    kdist.barrier()
+    return run_dir

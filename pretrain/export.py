@@ -1,0 +1,93 @@
+"""Export: every student as a backbone artifact (kdcl_common/artifact.py) and one result
+record per student (DESIGN §4)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch.nn as nn
+
+from kdcl_common import artifact, models, provenance
+from kdcl_common.config import config_hash, to_dict
+from kdcl_common.io import append_jsonl, atomic_write_json
+
+from .checkpoint import MANIFEST
+from .config import PretrainConfig
+
+
+def export_students(cfg: PretrainConfig, config_file: str, names: list[str],
+                    modules: list[nn.Module], data, final: dict, history: list[dict],
+                    wall_seconds: float, world_size: int) -> list[dict]:
+    """Write `<run_dir>/export/<student>.{pth,json}`, append the records, then the manifest
+    (last, so its presence means the export is complete)."""
+    run_dir = cfg.run_dir
+    env = provenance.environment(world_size)
+    chash = config_hash(cfg)
+    images = sum(h.get("train_images", 0) for h in history)
+    train_seconds = sum(h.get("train_seconds", 0.0) for h in history)
+    group = "+".join(names)
+    pre = artifact.preprocessing(data.mean, data.std, cfg.data.image_size,
+                                 cfg.data.eval_resize if cfg.data.policy == "imagenet" else None)
+    metas = []
+    for name, module, spec in zip(names, modules, cfg.students):
+        top1, top5 = final[f"val/{name}/top1"], final[f"val/{name}/top5"]
+        meta = artifact.save(run_dir / "export" / f"{name}.pth", module, {
+            "architecture": spec.arch,
+            "constructor_kwargs": {"num_classes": data.num_classes, **spec.kwargs},
+            "name": name,
+            "preprocessing": pre,
+            "method": cfg.method.name,
+            "icl": cfg.method.icl,
+            "students": names,
+            "teacher": cfg.method.teacher,
+            "dataset": {"name": data.dataset_name, "root": cfg.data.root,
+                        "num_classes": data.num_classes, "train_images": data.train_size,
+                        "held_out_per_class": cfg.data.held_out_per_class},
+            "epochs": cfg.optim.epochs,
+            "metrics": {"top1": top1, "top5": top5},
+            "seed": cfg.seed,
+            "config_file": config_file,
+            "config_name": cfg.name,
+            "config_hash": chash,
+            "config": to_dict(cfg),
+            "run_dir": str(run_dir),
+            "git_commit": env["git_commit"],
+            "git_dirty": env["git_dirty"],
+            "created": env["created"],
+            "versions": env["versions"],
+        })
+        metas.append(meta)
+        append_jsonl(cfg.records, {
+            "stage": "pretrain",
+            "task": "classification",
+            "dataset": data.dataset_name,
+            "backend": "pytorch",
+            "backbone": models.label(spec.arch, spec.kwargs),
+            "student": name,
+            "method": cfg.method.name,
+            "icl": cfg.method.icl,
+            "group": group,
+            "teacher": cfg.method.teacher,
+            "metrics": {"top1": top1, "top5": top5,
+                        "ensemble_top1": final.get("val/ensemble/top1"),
+                        "ensemble_top5": final.get("val/ensemble/top5")},
+            "epochs": cfg.optim.epochs,
+            "seed": cfg.seed,
+            "preset": cfg.preset,
+            "config": cfg.name,
+            "config_file": config_file,
+            "config_hash": chash,
+            "run_dir": str(run_dir),
+            "artifact": str(run_dir / "export" / f"{name}.pth"),
+            "backbone_sha256": meta["sha256"],
+            "git_commit": env["git_commit"],
+            "git_dirty": env["git_dirty"],
+            "world_size": world_size,
+            "devices": env["devices"],
+            "versions": env["versions"],
+            "wall_seconds": round(wall_seconds, 1),
+            "images_per_second": round(images / train_seconds, 1) if train_seconds else None,
+            "created": env["created"],
+        })
+    atomic_write_json(run_dir / MANIFEST, {"students": names, "created": env["created"],
+                                           "files": {n: f"{n}.pth" for n in names}})
+    return metas

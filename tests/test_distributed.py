@@ -1,0 +1,64 @@
+"""torchrun with 2 CPU processes (gloo)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from kdcl_common import models
+
+from .conftest import REPO, SMOKE, tiny_overrides
+
+pytestmark = pytest.mark.distributed
+
+
+def launch(nproc, config, overrides, out):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", "pretrain", str(config), *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_two_ranks_train_and_export(tmp_path, tiny_root):
+    launch(2, SMOKE / "kdcl_general.yaml",
+           tiny_overrides(tiny_root, tmp_path, **{"optim.epochs": 1}), tmp_path)
+    records = [json.loads(l) for l in (tmp_path / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(r["world_size"] == 2 for r in records)
+    state = torch.load(tmp_path / "runs/smoke/kdcl_general/seed0/export/resnet18.pth",
+                       weights_only=True)
+    assert not any(k.startswith("module.") for k in state)
+
+
+def test_one_step_on_two_ranks_equals_one_step_on_one_rank(tmp_path, tiny_root):
+    """The same global batch of 40 images, split 20 + 20 across ranks or not split. GroupNorm
+    students: with BatchNorm each rank would normalise with its own half-batch statistics
+    (SyncBatchNorm, which would remove the difference, runs only on GPUs)."""
+    overrides = {
+        "students": "[{arch: cifar_resnet20, kwargs: {norm: gn}}, {arch: wrn_16_2, kwargs: {norm: gn}}]",
+        "data.held_out_per_class": 0, "optim.batch_size": 40, "optim.epochs": 1,
+        "optim.lr": 0.5, "optim.schedule": "multistep",
+    }
+    exports = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"world{nproc}"
+        launch(nproc, SMOKE / "kdcl_minlogit.yaml", tiny_overrides(tiny_root, out, **overrides),
+               out)
+        exports[nproc] = out / "runs/smoke/kdcl_minlogit/seed0/export"
+    torch.manual_seed(0)  # the engine's initialisation: seed, then the students in order
+    initial = [models.build("cifar_resnet20", num_classes=4, norm="gn").state_dict(),
+               models.build("wrn_16_2", num_classes=4, norm="gn").state_dict()]
+    for name, init in zip(("cifar_resnet20", "wrn_16_2"), initial):
+        one = torch.load(exports[1] / f"{name}.pth", weights_only=True)
+        two = torch.load(exports[2] / f"{name}.pth", weights_only=True)
+        for key in one:
+            torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-6, msg=key)
+        # the step is large compared with the tolerance, so a wrong gradient scale would show
+        step = max(float((one[k] - init[k]).abs().max()) for k in one)
+        assert step > 1e-3
+    top1 = [json.loads((exports[n] / "cifar_resnet20.json").read_text())["metrics"]["top1"]
+            for n in (1, 2)]
+    assert top1[0] == top1[1]

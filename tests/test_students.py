@@ -1,0 +1,83 @@
+"""Architectures and the backbone artifact contract."""
+import pytest
+import torch
+import torchvision
+
+from kdcl_common import KdclError, artifact, models
+from kdcl_common import ConfigError
+
+
+@pytest.mark.parametrize("arch,kwargs,size", [
+    ("resnet18", {}, 64), ("resnet50", {}, 64),
+    ("mobilenet_v2", {"width_mult": 0.5}, 64), ("mobilenet_v2", {"width_mult": 1.2}, 64),
+    ("cifar_resnet32", {}, 32), ("cifar_resnet110", {}, 32),
+    ("wrn_16_2", {}, 32), ("wrn_40_2", {}, 32), ("cifar_resnet20", {"norm": "gn"}, 32),
+])
+def test_architectures_build_and_run(arch, kwargs, size):
+    model = models.build(arch, num_classes=7, **kwargs).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, size, size)).shape == (2, 7)
+
+
+def test_cifar_parameter_counts_match_the_literature():
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert abs(count(models.build("cifar_resnet32", num_classes=100)) / 1e6 - 0.47) < 0.02
+    assert abs(count(models.build("wrn_16_2", num_classes=100)) / 1e6 - 0.70) < 0.02
+    assert abs(count(models.build("wrn_40_2", num_classes=100)) / 1e6 - 2.26) < 0.03
+
+
+def test_unknown_architecture_and_bad_arguments():
+    with pytest.raises(ConfigError, match="known architectures: resnet18"):
+        models.build("vgg16")
+    with pytest.raises(ConfigError, match="cannot build cifar_resnet32"):
+        models.build("cifar_resnet32", num_classes=10, width_mult=2)
+
+
+def test_label_names_widths():
+    assert models.label("mobilenet_v2", {"width_mult": 0.5}) == "mobilenet_v2_x0.5"
+    assert models.label("mobilenet_v2", {"width_mult": 1.0}) == "mobilenet_v2"
+    assert models.constructor_name("resnet18") == "torchvision.models.resnet18"
+
+
+def _save(tmp_path, arch, **kwargs):
+    model = models.build(arch, **kwargs)
+    pre = artifact.preprocessing((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 224, 256)
+    artifact.save(tmp_path / f"{arch}.pth", model,
+                  {"architecture": arch, "constructor_kwargs": kwargs, "preprocessing": pre})
+    return model
+
+
+@pytest.mark.parametrize("arch,kwargs,ctor", [
+    ("resnet18", {"num_classes": 10}, torchvision.models.resnet18),
+    ("mobilenet_v2", {"num_classes": 10, "width_mult": 0.5}, torchvision.models.mobilenet_v2),
+])
+def test_artifact_loads_strictly_into_the_torchvision_constructor(tmp_path, arch, kwargs, ctor):
+    original = _save(tmp_path, arch, **kwargs)
+    state = torch.load(tmp_path / f"{arch}.pth", weights_only=True)
+    plain = ctor(**kwargs)
+    plain.load_state_dict(state, strict=True)
+    for (k, a), b in zip(original.state_dict().items(), plain.state_dict().values()):
+        assert torch.equal(a, b), k
+    model, meta = artifact.load(tmp_path / f"{arch}.pth")
+    assert meta["preprocessing"]["mean_255"] == [123.675, 116.28, 103.53]
+    assert meta["constructor"] == f"torchvision.models.{arch}"
+
+
+def test_artifact_errors(tmp_path):
+    _save(tmp_path, "resnet18", num_classes=10)
+    meta_path = tmp_path / "resnet18.json"
+    meta = meta_path.read_text()
+    # wrong architecture in the metadata
+    meta_path.write_text(meta.replace('"architecture": "resnet18"', '"architecture": "resnet34"'))
+    with pytest.raises(KdclError, match="do not fit the architecture.*missing keys: layer1.2"):
+        artifact.load(tmp_path / "resnet18.pth", verify_hash=False)
+    # missing metadata
+    meta_path.unlink()
+    with pytest.raises(KdclError, match="metadata .*resnet18.json is missing"):
+        artifact.load(tmp_path / "resnet18.pth")
+    # changed weights
+    meta_path.write_text(meta)
+    with open(tmp_path / "resnet18.pth", "ab") as f:
+        f.write(b"x")
+    with pytest.raises(KdclError, match="does not match the sha256"):
+        artifact.load(tmp_path / "resnet18.pth")

@@ -224,7 +224,7 @@ def config_diff(old: dict, new: dict, ignore: tuple[str, ...] = ()) -> list[str]
 
 
 def describe(schema: type, prefix: str = "") -> list[str]:
-    """One line per key: `key = default  help`, for --help."""
+    """One line per key, `key = default` then its help, for --help."""
     lines = []
     for f in dataclasses.fields(schema):
         tp = _unwrap(typing.get_type_hints(schema)[f.name])
@@ -244,5 +244,5 @@ def describe(schema: type, prefix: str = "") -> list[str]:
             item = typing.get_args(tp)[0]
             sub = ", ".join(g.name for g in dataclasses.fields(item))
             default = f"[{{{sub}}}, ...]"
-        lines.append(f"  {key} = {default!s}    {f.metadata.get('help', '')}".rstrip())
+        lines.append(f"  {f'{key} = {default!s}':<38} {f.metadata.get('help', '')}".rstrip())
     return lines

@@ -22,13 +22,13 @@ outputs: <output_root>/<name>/seed<seed>/ holds config.yaml, environment.json, l
 metrics.jsonl, tensorboard/, checkpoint.pth and export/<student>.{pth,json}; one result record
 per student is appended to `records`.
 
-config keys (key = default    help):
+config keys (key = default, then what it means):
 """
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pretrain", description=__doc__.split("\n")[0].split(": ", 1)[1],
+        prog="python -m pretrain", description="Train students together (KDCL and its baselines), then export them.",
         epilog=EXAMPLES + "\n".join(describe(config.PretrainConfig)),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="a YAML config, e.g. pretrain/configs/smoke/kdcl_minlogit.yaml")

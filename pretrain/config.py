@@ -50,8 +50,9 @@ class DataConfig:
                                      "KDCL-General's weights (excluded from training, all methods)")
     split_seed: int = option(0, help="seed of the held-out split")
     workers: int = option(8, help="data-loading processes per rank")
-    max_corrupt_fraction: float = option(0.001, help="stop when more than this fraction of the "
-                                         "images read so far could not be decoded")
+    max_corrupt_fraction: float = option(0.001, help="undecodable images are skipped with a "
+                                         "warning; stop when more than this fraction of the "
+                                         "dataset is undecodable")
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 

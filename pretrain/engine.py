@@ -83,10 +83,6 @@ class Trainer:
     shift: torch.Tensor  # -mean / std
     corrupt: data_loader.CorruptImageTracker
 
-    @property
-    def views(self) -> int:
-        return len(self.modules) if self.cfg.method.icl else 1
-
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [B, 3, H, W] on the device -> normalised float input."""
         x = torch.addcmul(self.shift, images.float(), self.scale)
@@ -318,11 +314,10 @@ def _run(cfg: PretrainConfig, config_file: str, resume: bool, ctx) -> Path:
         atomic_write_json(run_dir / "environment.json",
                           {**provenance.environment(ctx.world_size), "config_file": config_file,
                            "config_hash": config_hash(cfg)})
-    logger.info(f"run {cfg.name} seed {cfg.seed}: {cfg.method.name} (icl={cfg.method.icl}), "
-                f"students {student_names(cfg)}, {ctx.world_size} process(es) on "
-                f"{ctx.device.type}; writing to {run_dir}")
-
     names = student_names(cfg)
+    logger.info(f"run {cfg.name} seed {cfg.seed}: {cfg.method.name} (icl={cfg.method.icl}), "
+                f"students {names}, {ctx.world_size} process(es) on {ctx.device.type}; "
+                f"writing to {run_dir}")
     views = len(cfg.students) if cfg.method.icl else 1
     data = data_loader.build(cfg.data, views, cfg.optim.batch_size, cfg.seed, ctx)
     if ctx.is_main and len(data.held_out_indices):
@@ -338,6 +333,8 @@ def _run(cfg: PretrainConfig, config_file: str, resume: bool, ctx) -> Path:
     autocast = make_autocast(ctx.device, amp_dtype)
     method = methods.build(cfg.method, len(modules), ctx.device, data.num_classes, data.mean,
                            data.std, autocast)
+    if isinstance(method, methods.KD) and cfg.train.channels_last:
+        method.teacher.to(memory_format=torch.channels_last)
     std = torch.tensor(data.std, device=ctx.device).view(1, 3, 1, 1)
     mean = torch.tensor(data.mean, device=ctx.device).view(1, 3, 1, 1)
     trainer = Trainer(cfg, ctx, names, modules, wrapped, method, optimizer, scaler, data, logger,

@@ -122,15 +122,16 @@ class KD(Method):
             raise ConfigError(f"the KD teacher {cfg.teacher} expects mean/std {pre['mean']}/"
                               f"{pre['std']} but this run normalises with {list(mean)}/{list(std)}")
         self.teacher = teacher.to(device).eval().requires_grad_(False)
+        # Student i distils from the teacher's output on the view student i saw.
+        views = num_students if cfg.icl else 1
+        self.mixing = torch.zeros(num_students, views, device=device)
+        self.mixing[torch.arange(num_students), torch.arange(num_students) % views] = 1.0
 
     @torch.no_grad()
     def targets(self, logits, labels, inputs):
         with self.autocast():
             teacher_logits = torch.stack([self.teacher(x) for x in inputs]).float()
-        views = len(inputs)
-        mixing = torch.zeros(self.num_students, views, device=self.device)
-        mixing[torch.arange(self.num_students), torch.arange(self.num_students) % views] = 1.0
-        return Targets((teacher_logits / self.temperature).log_softmax(-1), mixing)
+        return Targets((teacher_logits / self.temperature).log_softmax(-1), self.mixing)
 
 
 def _num_outputs(model: nn.Module) -> int:

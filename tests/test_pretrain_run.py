@@ -152,6 +152,13 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_root, 
     assert state["epoch"] == 1
     assert all(torch.isfinite(v).all() for sd in state["students"] for v in sd.values()
                if v.is_floating_point())
+    # resuming that run with another config is refused, and the difference is shown
+    monkeypatch.setattr(engine, "collaborative_loss", real)
+    assert run_cli("kdcl_minlogit", tiny_root, tmp_path, "train.log_interval=1", "optim.lr=0.01",
+                   resume=True) == 2
+    err = capsys.readouterr().err
+    assert "refusing to resume" in err and "optim.lr: 0.02 -> 0.01" in err
+    assert run_cli("kdcl_minlogit", tiny_root, tmp_path, "train.log_interval=1", resume=True) == 0
 
 
 def test_kill_and_resume_reaches_the_same_weights(tmp_path, tiny_root):

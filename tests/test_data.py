@@ -58,8 +58,9 @@ def write_cifar100(root, n_train=60, n_test=20, classes=100):
     rng = np.random.default_rng(0)
     root.mkdir(parents=True)
     for split, n in (("train", n_train), ("test", n_test)):
+        labels = rng.permutation(np.arange(n) % classes)  # every class present when n >= classes
         data = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                b"fine_labels": rng.integers(0, classes, n).tolist()}
+                b"fine_labels": labels.tolist()}
         with open(root / split, "wb") as f:
             pickle.dump(data, f)
     with open(root / "meta", "wb") as f:

@@ -119,6 +119,25 @@ def test_kd_teacher_errors(finished, tmp_path, tiny_root, capsys):
     assert "predicts 4 classes but this dataset has 3" in capsys.readouterr().err
 
 
+def test_cifar100_pickles_end_to_end(tmp_path):
+    """The CIFAR recipe (pad-4 crop, CIFAR networks) on CIFAR-100 pickles written here."""
+    from .test_data import write_cifar100
+
+    write_cifar100(tmp_path / "cifar-100-python", n_train=400, n_test=50)  # 4 images per class
+    argv = [str(SMOKE.parent / "cifar" / "kdcl_minlogit_icl.yaml"),
+            f"data.root={tmp_path}", "data.held_out_per_class=1", "data.workers=0",
+            "students.0.arch=cifar_resnet20", "optim.batch_size=100", "optim.epochs=1",
+            f"output_root={tmp_path / 'runs'}", f"records={tmp_path / 'records.jsonl'}"]
+    assert cli.main(argv) == 0
+    records = read_records(tmp_path)
+    assert [r["backbone"] for r in records] == ["cifar_resnet20", "wrn_16_2"]
+    assert records[0]["dataset"] == "cifar100" and records[0]["preset"] == "cifar"
+    meta = json.loads((tmp_path / "runs/cifar/kdcl_minlogit_icl/seed0/export/wrn_16_2.json")
+                      .read_text())
+    assert meta["constructor"] == "kdcl_common.models.cifar.wrn_16_2"
+    assert meta["preprocessing"]["eval_resize"] is None
+
+
 def test_bad_input_messages(tmp_path, tiny_root, capsys):
     assert run_cli("independent", tiny_root, tmp_path, "data.dataset=imagefolder",
                    f"data.root={tmp_path / 'missing'}") == 2

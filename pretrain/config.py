@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from kdcl_common import ConfigError, models
+from kdcl_common import schedule
 from kdcl_common.config import load_config, option
+from kdcl_common.schedule import OptimConfig
 
 CONFIG_ROOT = Path(__file__).resolve().parent / "configs"
 METHODS = ("independent", "dml", "kd", "mean", "kdcl_naive", "kdcl_linear", "kdcl_minlogit",
@@ -70,22 +72,6 @@ class MethodConfig:
 
 
 @dataclass
-class OptimConfig:
-    batch_size: int = option(256, help="global batch size, split evenly across ranks")
-    lr: float = option(0.1, help="peak learning rate (after warm-up)")
-    momentum: float = option(0.9, help="SGD momentum")
-    nesterov: bool = option(False, help="Nesterov momentum")
-    weight_decay: float = option(1e-4, help="L2 weight decay on all parameters")
-    epochs: int = option(200, help="training epochs")
-    schedule: str = option("multistep", help="multistep or cosine")
-    milestones: List[int] = option([60, 120, 180], help="multistep: epochs where lr *= gamma")
-    gamma: float = option(0.1, help="multistep decay factor")
-    warmup_epochs: float = option(0.0, help="linear warm-up length in epochs")
-    warmup_start_lr: float = option(0.0, help="learning rate at the start of warm-up")
-    min_lr: float = option(0.0, help="cosine: final learning rate")
-
-
-@dataclass
 class TrainConfig:
     device: str = option("auto", help="auto (GPU if present), cpu or cuda")
     amp: str = option("off", help="mixed precision on GPU: off, bf16 or fp16 (with a scaler)")
@@ -140,7 +126,6 @@ def validate(cfg: PretrainConfig) -> None:
     choice("method.name", cfg.method.name, METHODS)
     choice("data.dataset", cfg.data.dataset, DATASETS)
     choice("data.policy", cfg.data.policy, POLICIES)
-    choice("optim.schedule", cfg.optim.schedule, ("multistep", "cosine"))
     choice("train.amp", cfg.train.amp, ("off", "bf16", "fp16"))
     choice("method.general_error", cfg.method.general_error, ("squared", "cross_entropy"))
     if not cfg.students:
@@ -162,10 +147,8 @@ def validate(cfg: PretrainConfig) -> None:
                           "set data.held_out_per_class > 0")
     if cfg.method.temperature <= 0:
         raise ConfigError(f"method.temperature must be > 0, got {cfg.method.temperature}")
-    if cfg.optim.batch_size <= 0 or cfg.optim.epochs <= 0:
-        raise ConfigError("optim.batch_size and optim.epochs must be positive")
-    if sorted(cfg.optim.milestones) != list(cfg.optim.milestones):
-        raise ConfigError(f"optim.milestones must be increasing, got {cfg.optim.milestones}")
+    for problem in schedule.check(cfg.optim):
+        raise ConfigError(problem)
     if len(cfg.data.crop_scale) != 2 or not 0 < cfg.data.crop_scale[0] <= cfg.data.crop_scale[1] <= 1:
         raise ConfigError(f"data.crop_scale must be [low, high] within (0, 1], "
                           f"got {cfg.data.crop_scale}")

@@ -9,7 +9,6 @@ on the device and are read once per log interval: the step has no host-device sy
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from contextlib import AbstractContextManager, nullcontext
@@ -27,9 +26,10 @@ from kdcl_common import distributed as kdist
 from kdcl_common.config import config_hash, to_dict, to_yaml
 from kdcl_common.io import atomic_write_json, atomic_write_text
 from kdcl_common.logs import MetricsWriter, get_logger, progress
+from kdcl_common.schedule import learning_rate
 
 from . import checkpoint, methods, soft_targets
-from .config import OptimConfig, PretrainConfig
+from .config import PretrainConfig
 from .data import loader as data_loader
 from .export import export_students
 from .losses import collaborative_loss
@@ -52,17 +52,6 @@ def student_names(cfg: PretrainConfig) -> list[str]:
         else:
             out.append(n)
     return out
-
-
-def learning_rate(cfg: OptimConfig, step: int, steps_per_epoch: int) -> float:
-    """Linear warm-up, then multistep decay or cosine, as a function of the global step."""
-    epoch = step / steps_per_epoch
-    if epoch < cfg.warmup_epochs:
-        return cfg.warmup_start_lr + (cfg.lr - cfg.warmup_start_lr) * epoch / cfg.warmup_epochs
-    if cfg.schedule == "multistep":
-        return cfg.lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
-    progress_ = (epoch - cfg.warmup_epochs) / max(cfg.epochs - cfg.warmup_epochs, 1e-8)
-    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * min(progress_, 1.0)))
 
 
 @dataclass

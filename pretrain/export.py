@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from kdcl_common import artifact, models, provenance
+from kdcl_common import artifact, models, provenance, records
 from kdcl_common.config import config_hash, to_dict
-from kdcl_common.io import append_jsonl, atomic_write_json
+from kdcl_common.io import atomic_write_json
 
 from .checkpoint import MANIFEST
 from .config import PretrainConfig
@@ -56,38 +56,18 @@ def export_students(cfg: PretrainConfig, config_file: str, names: list[str],
             "versions": env["versions"],
         })
         metas.append(meta)
-        append_jsonl(cfg.records, {
-            "stage": "pretrain",
-            "task": "classification",
-            "dataset": data.dataset_name,
-            "backend": "pytorch",
-            "backbone": models.label(spec.arch, spec.kwargs),
-            "student": name,
-            "method": cfg.method.name,
-            "icl": cfg.method.icl,
-            "group": group,
-            "teacher": cfg.method.teacher,
-            "metrics": {"top1": top1, "top5": top5,
-                        "ensemble_top1": final.get("val/ensemble/top1"),
-                        "ensemble_top5": final.get("val/ensemble/top5")},
-            "epochs": cfg.optim.epochs,
-            "seed": cfg.seed,
-            "preset": cfg.preset,
-            "config": cfg.name,
-            "config_file": config_file,
-            "config_hash": chash,
-            "run_dir": str(run_dir),
-            "artifact": str(run_dir / "export" / f"{name}.pth"),
-            "backbone_sha256": meta["sha256"],
-            "git_commit": env["git_commit"],
-            "git_dirty": env["git_dirty"],
-            "world_size": world_size,
-            "devices": env["devices"],
-            "versions": env["versions"],
-            "wall_seconds": round(wall_seconds, 1),
-            "images_per_second": round(images / train_seconds, 1) if train_seconds else None,
-            "created": env["created"],
-        })
+        records.append(
+            cfg.records, stage="pretrain", task="classification", dataset=data.dataset_name,
+            backend="pytorch", backbone=models.label(spec.arch, spec.kwargs), method=cfg.method.name,
+            metrics={"top1": top1, "top5": top5,
+                     "ensemble_top1": final.get("val/ensemble/top1"),
+                     "ensemble_top5": final.get("val/ensemble/top5")},
+            seed=cfg.seed, preset=cfg.preset, config=cfg.name, config_file=config_file,
+            config_hash=chash, run_dir=run_dir, world_size=world_size, wall_seconds=wall_seconds,
+            student=name, icl=cfg.method.icl, group=group, teacher=cfg.method.teacher,
+            epochs=cfg.optim.epochs, artifact=str(run_dir / "export" / f"{name}.pth"),
+            backbone_sha256=meta["sha256"],
+            images_per_second=round(images / train_seconds, 1) if train_seconds else None)
     atomic_write_json(run_dir / MANIFEST, {"students": names, "created": env["created"],
                                            "files": {n: f"{n}.pth" for n in names}})
     return metas

@@ -4,8 +4,7 @@ import os
 import pytest
 
 from kdcl_common.io import append_jsonl, atomic_write_text
-from pretrain.config import OptimConfig
-from pretrain.engine import learning_rate
+from kdcl_common.schedule import OptimConfig, learning_rate
 
 
 def test_paper_schedule_warm_up_then_multistep():

@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional
 
 from kdcl_common import ConfigError, models
 from kdcl_common import schedule
+from kdcl_common.checkpoint import RunCheckpoints
 from kdcl_common.config import load_config, option
 from kdcl_common.schedule import OptimConfig
 
@@ -102,7 +103,9 @@ class PretrainConfig:
 
 
 # Keys that may change when a run is resumed; any other difference is refused.
-RESUMABLE_KEYS = ("data.workers", "train.log_interval")
+CHECKPOINTS = RunCheckpoints(format="kdcl-bench/pretrain-checkpoint-v1",
+                             finished_marker="export/manifest.json",
+                             resumable_keys=("data.workers", "train.log_interval"))
 
 
 def load(path: str | Path, overrides: list[str] = ()) -> PretrainConfig:

@@ -26,9 +26,11 @@ from kdcl_common import distributed as kdist
 from kdcl_common.config import config_hash, to_dict, to_yaml
 from kdcl_common.io import atomic_write_json, atomic_write_text
 from kdcl_common.logs import MetricsWriter, get_logger, progress
+from kdcl_common.sampling import sample_seed
 from kdcl_common.schedule import learning_rate
 
-from . import checkpoint, methods, soft_targets
+from . import methods, soft_targets
+from .config import CHECKPOINTS
 from .config import PretrainConfig
 from .data import loader as data_loader
 from .export import export_students
@@ -86,7 +88,7 @@ class Trainer:
         loader.batch_sampler.set_epoch(epoch)
         steps = len(loader)
         # Dropout's random stream is a function of (seed, epoch, rank): resuming needs no RNG state.
-        torch.manual_seed(data_loader.sample_seed(cfg.seed, epoch, self.ctx.rank, 1))
+        torch.manual_seed(sample_seed(cfg.seed, epoch, self.ctx.rank, 1))
         for m in self.modules:
             m.train()
         sums = torch.zeros(3, S, device=device)  # ce * n, kd * n, correct
@@ -163,7 +165,7 @@ class Trainer:
         bad = first_bad.tolist()
         for name, step in zip(self.names, bad):
             if step >= 0:
-                last = checkpoint.path(self.cfg.run_dir)
+                last = CHECKPOINTS.path(self.cfg.run_dir)
                 kept = (f"the last good checkpoint is {last} (not overwritten)" if last.is_file()
                         else "no checkpoint had been written yet")
                 raise NonFiniteLossError(
@@ -289,11 +291,11 @@ def run(cfg: PretrainConfig, config_file: str, resume: bool = False) -> Path:
 
 def _run(cfg: PretrainConfig, config_file: str, resume: bool, ctx) -> Path:
     run_dir = cfg.run_dir
-    action = checkpoint.check_run_dir(run_dir, resume)
+    action = CHECKPOINTS.check_run_dir(run_dir, resume)
     logger = get_logger("pretrain", ctx.rank, run_dir / "log.txt" if action != "finished" else None)
     config = to_dict(cfg)
     if action == "finished":
-        checkpoint.check_finished_config(run_dir, config)
+        CHECKPOINTS.check_finished_config(run_dir, config)
         logger.info(f"{run_dir} is already finished; exports in {run_dir / 'export'}")
         return run_dir
     _configure_determinism(cfg, ctx.device)
@@ -334,14 +336,14 @@ def _run(cfg: PretrainConfig, config_file: str, resume: bool, ctx) -> Path:
 
     start_epoch, history, wall = 0, [], 0.0
     if action == "resume":
-        state = checkpoint.load(run_dir, config)
+        state = CHECKPOINTS.load(run_dir, config)
         for m, sd in zip(modules, state["students"]):
             m.load_state_dict(sd)
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         method.load_state_dict(state["method"])
         start_epoch, history, wall = state["epoch"], state["history"], state["wall_seconds"]
-        logger.info(f"resumed from {checkpoint.path(run_dir)} after epoch {start_epoch}")
+        logger.info(f"resumed from {CHECKPOINTS.path(run_dir)} after epoch {start_epoch}")
 
     try:
         for epoch in range(start_epoch, cfg.optim.epochs):
@@ -359,7 +361,7 @@ def _run(cfg: PretrainConfig, config_file: str, resume: bool, ctx) -> Path:
             metrics["epoch_seconds"] = round(seconds, 3)
             history.append(metrics)
             if ctx.is_main:
-                checkpoint.save(run_dir, {
+                CHECKPOINTS.save(run_dir, {
                     "epoch": epoch + 1, "students": [m.state_dict() for m in modules],
                     "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                     "method": method.state_dict(), "config": config, "history": history,

@@ -10,8 +10,7 @@ from kdcl_common import artifact, models, provenance, records
 from kdcl_common.config import config_hash, to_dict
 from kdcl_common.io import atomic_write_json
 
-from .checkpoint import MANIFEST
-from .config import PretrainConfig
+from .config import CHECKPOINTS, PretrainConfig
 
 
 def export_students(cfg: PretrainConfig, config_file: str, names: list[str],
@@ -68,6 +67,6 @@ def export_students(cfg: PretrainConfig, config_file: str, names: list[str],
             epochs=cfg.optim.epochs, artifact=str(run_dir / "export" / f"{name}.pth"),
             backbone_sha256=meta["sha256"],
             images_per_second=round(images / train_seconds, 1) if train_seconds else None)
-    atomic_write_json(run_dir / MANIFEST, {"students": names, "created": env["created"],
+    atomic_write_json(run_dir / CHECKPOINTS.finished_marker, {"students": names, "created": env["created"],
                                            "files": {n: f"{n}.pth" for n in names}})
     return metas

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdcl_common import ConfigError, DataError
+from kdcl_common import ConfigError, DataError, sampling
 from kdcl_common.distributed import DistContext
 from pretrain import config
 from pretrain.data import loader, sources, synthetic
@@ -125,17 +125,17 @@ def test_icl_views_differ_and_are_reproducible(tiny_root):
 
 
 def test_global_batches_do_not_depend_on_the_number_of_ranks():
-    one = list(loader.GlobalBatchSampler(50, 12, rank=0, world_size=1, seed=5))
-    halves = [list(loader.GlobalBatchSampler(50, 12, rank=r, world_size=2, seed=5)) for r in (0, 1)]
+    one = list(sampling.GlobalBatchSampler(50, 12, rank=0, world_size=1, seed=5))
+    halves = [list(sampling.GlobalBatchSampler(50, 12, rank=r, world_size=2, seed=5)) for r in (0, 1)]
     assert len(one) == 4
     for step, batch in enumerate(one):
         assert batch == halves[0][step] + halves[1][step]
     with pytest.raises(ConfigError, match="does not split evenly across 5"):
-        loader.GlobalBatchSampler(50, 12, rank=0, world_size=5, seed=0)
+        sampling.GlobalBatchSampler(50, 12, rank=0, world_size=5, seed=0)
 
 
 def test_eval_shards_cover_every_image_once():
-    shards = [[key for batch in loader.ShardSampler(23, 4, r, 3) for key in batch] for r in range(3)]
+    shards = [[key for batch in sampling.ShardSampler(23, 4, r, 3) for key in batch] for r in range(3)]
     positions = sorted(pos for shard in shards for _, pos in shard)
     assert positions == list(range(23))
 

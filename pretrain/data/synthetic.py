@@ -24,93 +24,32 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from kdcl_common import DataError
+from kdcl_common.shapes import SHAPES, gradient, hsv, shape_mask, texture_mask
 
-SHAPES = ("circle", "square", "triangle", "cross", "ring", "diamond", "star", "bar")
 HUES = {"warm": (-0.08, 0.14), "cool": (0.5, 0.72), "green": (0.25, 0.4)}  # HSV hue ranges
 FILLS = ("solid", "stripes", "dots")
 CLASSES = [(s, h) for s in SHAPES for h in ("warm", "cool")] + [(s, "green") for s in SHAPES]
 MARKER = ".kdcl-synthetic.json"
 
 
-def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
-    def ring(n: int, radius: float, phase: float = 0.0) -> list[tuple[float, float]]:
-        return [(cx + radius * math.cos(angle + phase + 2 * math.pi * k / n),
-                 cy + radius * math.sin(angle + phase + 2 * math.pi * k / n)) for k in range(n)]
-    if shape == "square":
-        return ring(4, r, math.pi / 4)
-    if shape == "triangle":
-        return ring(3, r)
-    if shape == "diamond":
-        pts = ring(4, r)
-        return [(cx + (x - cx) * (1.0 if i % 2 == 0 else 0.55), cy + (y - cy) * (1.0 if i % 2 == 0 else 0.55))
-                for i, (x, y) in enumerate(pts)]
-    if shape == "star":
-        outer, inner = ring(5, r), ring(5, 0.45 * r, math.pi / 5)
-        return [p for pair in zip(outer, inner) for p in pair]
-    if shape == "bar":
-        c, s = math.cos(angle), math.sin(angle)
-        return [(cx + c * dx - s * dy, cy + s * dx + c * dy)
-                for dx, dy in ((-r, -0.3 * r), (r, -0.3 * r), (r, 0.3 * r), (-r, 0.3 * r))]
-    raise ValueError(shape)
-
-
-def shape_mask(shape: str, size: int, cx: float, cy: float, r: float, angle: float) -> np.ndarray:
-    canvas = Image.new("L", (size, size), 0)
-    draw = ImageDraw.Draw(canvas)
-    box = (cx - r, cy - r, cx + r, cy + r)
-    if shape == "circle":
-        draw.ellipse(box, fill=255)
-    elif shape == "ring":
-        draw.ellipse(box, fill=255)
-        draw.ellipse((cx - 0.55 * r, cy - 0.55 * r, cx + 0.55 * r, cy + 0.55 * r), fill=0)
-    elif shape == "cross":
-        for a in (angle, angle + math.pi / 2):
-            draw.polygon(_polygon("bar", cx, cy, r, a), fill=255)
-    else:
-        draw.polygon(_polygon(shape, cx, cy, r, angle), fill=255)
-    return np.asarray(canvas) > 127
-
-
-def texture_mask(fill: str, size: int, rng: np.random.Generator, r: float) -> np.ndarray:
-    if fill == "solid":
-        return np.ones((size, size), dtype=bool)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    period = max(3.0, r / rng.uniform(1.8, 2.6))
-    theta = rng.uniform(0, math.pi)
-    if fill == "stripes":
-        u = xx * math.cos(theta) + yy * math.sin(theta)
-        return (u % period) < period / 2
-    # dots: a grid of discs
-    u, v = xx * math.cos(theta) + yy * math.sin(theta), -xx * math.sin(theta) + yy * math.cos(theta)
-    du, dv = (u % period) - period / 2, (v % period) - period / 2
-    return du * du + dv * dv < (0.3 * period) ** 2
-
-
-def _hsv(h: float, sat: float, val: float) -> np.ndarray:
-    import colorsys
-
-    return 255 * np.asarray(colorsys.hsv_to_rgb(h % 1.0, sat, val))
-
-
 def render(label: int, size: int, rng: np.random.Generator) -> Image.Image:
     """One image of class `label` (an index into CLASSES)."""
     shape, family = CLASSES[label]
-    top, bottom = (_hsv(rng.random(), rng.uniform(0, 0.45), rng.uniform(0.3, 0.9)) for _ in "tb")
-    t = np.linspace(0, 1, size, dtype=np.float32)[:, None, None]
-    image = np.broadcast_to((1 - t) * top + t * bottom, (size, size, 3)).copy()
+    top, bottom = (hsv(rng.random(), rng.uniform(0, 0.45), rng.uniform(0.3, 0.9)) for _ in "tb")
+    image = gradient(size, size, top, bottom)
     if rng.random() < 0.5:  # a small distractor of another shape, any colour
         other = SHAPES[rng.integers(len(SHAPES))]
         rr = rng.uniform(0.08, 0.13) * size
         m = shape_mask(other, size, rng.uniform(rr, size - rr), rng.uniform(rr, size - rr), rr,
                        rng.uniform(0, 2 * math.pi))
-        image[m] = _hsv(rng.random(), rng.uniform(0.5, 1), rng.uniform(0.5, 1))
+        image[m] = hsv(rng.random(), rng.uniform(0.5, 1), rng.uniform(0.5, 1))
     r = rng.uniform(0.22, 0.36) * size
     cx, cy = rng.uniform(r, size - r), rng.uniform(r, size - r)
     mask = shape_mask(shape, size, cx, cy, r, rng.uniform(0, 2 * math.pi))
-    color = _hsv(rng.uniform(*HUES[family]), rng.uniform(0.55, 1), rng.uniform(0.6, 1))
+    color = hsv(rng.uniform(*HUES[family]), rng.uniform(0.55, 1), rng.uniform(0.6, 1))
     pattern = texture_mask(FILLS[rng.integers(len(FILLS))], size, rng, r)
     image[mask & pattern] = color
     image[mask & ~pattern] = 0.6 * color  # the texture's gaps: a darker shade of the same hue

@@ -1,0 +1,192 @@
+"""COCO 2017 instances for torchvision's detection models: the real layout
+(`root/{train,val}2017/`, `root/annotations/instances_{train,val}2017.json`), checked before
+training so that a malformed annotation is reported by its id, not by a crash hours later."""
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+from torchvision import tv_tensors
+
+from kdcl_common import DataError
+
+LAYOUT = ("root/train2017/*.jpg, root/val2017/*.jpg, "
+          "root/annotations/instances_train2017.json, root/annotations/instances_val2017.json")
+
+
+def split_paths(root: str | os.PathLike, split: str) -> tuple[Path, Path]:
+    """(image folder, annotation file) of `split` (train2017 or val2017), checked to exist."""
+    root = Path(root)
+    images, annotations = root / split, root / "annotations" / f"instances_{split}.json"
+    missing = [str(p) for p in (images, annotations) if not p.exists()]
+    if missing:
+        raise DataError(f"COCO files not found: {', '.join(missing)}. The COCO 2017 layout is "
+                        f"{LAYOUT}; set data.root (or the COCO_ROOT environment variable)")
+    return images, annotations
+
+
+def load_coco(annotation_file: Path) -> COCO:
+    """pycocotools' COCO index of a validated annotation file (quietly)."""
+    import json
+
+    try:
+        dataset = json.loads(annotation_file.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{annotation_file} is not valid JSON: {e}") from None
+    validate(dataset, annotation_file)
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def validate(dataset: dict, source: Path | str = "annotations") -> None:
+    """Raise DataError naming the first malformed image or annotation."""
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(dataset.get(key), list):
+            raise DataError(f"{source}: no '{key}' list: not a COCO instances file")
+    images: dict[int, dict] = {}
+    for image in dataset["images"]:
+        where = f"{source}: image {image.get('id', '?')}"
+        if not all(k in image for k in ("id", "file_name", "width", "height")):
+            raise DataError(f"{where} lacks one of id, file_name, width, height")
+        if image["id"] in images:
+            raise DataError(f"{where} appears twice")
+        images[image["id"]] = image
+    categories = {c.get("id") for c in dataset["categories"]}
+    seen: set[int] = set()
+    for ann in dataset["annotations"]:
+        where = f"{source}: annotation {ann.get('id', '?')}"
+        if ann.get("id") in seen:
+            raise DataError(f"{where} appears twice")
+        seen.add(ann.get("id"))
+        image = images.get(ann.get("image_id"))
+        if image is None:
+            raise DataError(f"{where} refers to image {ann.get('image_id')}, which is not listed")
+        where += f" (image {image['id']})"
+        if ann.get("category_id") not in categories:
+            raise DataError(f"{where} has category {ann.get('category_id')}, which is not listed "
+                            f"in categories {sorted(categories)}")
+        box = ann.get("bbox")
+        if (not isinstance(box, list) or len(box) != 4 or not all(
+                isinstance(v, (int, float)) and math.isfinite(v) for v in box)
+                or box[2] < 0 or box[3] < 0):
+            raise DataError(f"{where} has bbox {box}: expected [x, y, width, height] with "
+                            f"finite numbers and width, height >= 0")
+        if ann.get("iscrowd", 0) not in (0, 1):
+            raise DataError(f"{where} has iscrowd={ann.get('iscrowd')}: expected 0 or 1")
+        _validate_segmentation(ann.get("segmentation"), image, where)
+
+
+def _validate_segmentation(seg, image: dict, where: str) -> None:
+    if seg is None:
+        return  # boxes only: fine for detection, rejected when masks are needed
+    if isinstance(seg, list):
+        for part in seg:
+            if not isinstance(part, list) or len(part) < 6 or len(part) % 2:
+                raise DataError(f"{where} has a polygon with {len(part) if isinstance(part, list) else '?'} "
+                                f"coordinates: a polygon is a flat list [x1, y1, x2, y2, ...] of "
+                                f"at least 3 points")
+        return
+    if isinstance(seg, dict) and "counts" in seg and "size" in seg:
+        if list(seg["size"]) != [image["height"], image["width"]]:
+            raise DataError(f"{where} has an RLE of size {seg['size']} but its image is "
+                            f"{image['height']}x{image['width']} (height x width)")
+        return
+    raise DataError(f"{where} has a segmentation that is neither polygons nor RLE: {str(seg)[:80]}")
+
+
+def annotation_mask(ann: dict, height: int, width: int) -> np.ndarray:
+    """uint8 [height, width] mask of a polygon or RLE (compressed or not) segmentation."""
+    seg = ann["segmentation"]
+    if isinstance(seg, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+    elif isinstance(seg["counts"], list):
+        rle = mask_utils.frPyObjects(seg, height, width)
+    else:
+        rle = seg
+    return mask_utils.decode(rle)
+
+
+class CocoDetection(torch.utils.data.Dataset):
+    """Images as float tensors in [0, 1] (normalisation happens in the model) and targets in
+    torchvision's format: boxes (x1, y1, x2, y2), labels 1..K (0 is the background), masks.
+    Crowd regions and degenerate boxes are not training targets (they are still used, as
+    COCO intends, by the evaluation). With `train`, images flip horizontally at random, and
+    images without any target are left out (as Detectron2's FILTER_EMPTY_ANNOTATIONS)."""
+
+    def __init__(self, root: str | os.PathLike, split: str, train: bool, masks: bool):
+        self.image_dir, annotation_file = split_paths(root, split)
+        self.coco = load_coco(annotation_file)
+        self.masks, self.train = masks, train
+        self.category_ids = sorted(self.coco.getCatIds())
+        self.label_of = {cat: i + 1 for i, cat in enumerate(self.category_ids)}
+        present = set(os.listdir(self.image_dir))
+        missing = [img["file_name"] for img in self.coco.dataset["images"]
+                   if img["file_name"] not in present]
+        if missing:
+            raise DataError(f"{len(missing)} images listed in {annotation_file} are not in "
+                            f"{self.image_dir}, e.g. {missing[:3]}")
+        if masks:
+            for ann in self.coco.dataset["annotations"]:
+                if ann.get("segmentation") is None:
+                    raise DataError(f"{annotation_file}: annotation {ann['id']} (image "
+                                    f"{ann['image_id']}) has no segmentation, which Mask R-CNN needs")
+        ids = sorted(self.coco.getImgIds())
+        if train:
+            ids = [i for i in ids if self._targets_of(i)]
+        self.ids = ids
+        self.flip = v2.RandomHorizontalFlip(0.5) if train else None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.category_ids)
+
+    def _targets_of(self, image_id: int) -> list[dict]:
+        anns = self.coco.imgToAnns.get(image_id, [])
+        return [a for a in anns if not a.get("iscrowd", 0) and a["bbox"][2] >= 1 and a["bbox"][3] >= 1]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int):
+        image_id = self.ids[index]
+        info = self.coco.imgs[image_id]
+        with Image.open(self.image_dir / info["file_name"]) as pil:
+            image = F.to_image(pil.convert("RGB"))
+        height, width = image.shape[-2:]
+        anns = self._targets_of(image_id)
+        boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)],
+                             dtype=torch.float32).reshape(-1, 4)
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width)),
+            "labels": torch.tensor([self.label_of[a["category_id"]] for a in anns],
+                                   dtype=torch.int64),
+            "image_id": image_id,
+        }
+        if self.masks:
+            masks = np.stack([annotation_mask(a, height, width) for a in anns]) if anns else \
+                np.zeros((0, height, width), dtype=np.uint8)
+            target["masks"] = tv_tensors.Mask(torch.from_numpy(masks))
+        if self.flip is not None:
+            image, target = self.flip(image, target)
+        image = F.to_dtype(image, torch.float32, scale=True)
+        target["boxes"] = target["boxes"].as_subclass(torch.Tensor)
+        if self.masks:
+            target["masks"] = target["masks"].as_subclass(torch.Tensor)
+        return image.as_subclass(torch.Tensor), target
+
+
+def collate(batch):
+    return tuple(zip(*batch))

@@ -43,7 +43,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    args = get_args_parser().parse_intermixed_args(argv)
     try:
         cfg = config.load(args.config, args.overrides)
         if args.print_config:

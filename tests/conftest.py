@@ -28,3 +28,45 @@ def tiny_overrides(root: Path, out: Path, **extra) -> list[str]:
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+TINY_COCO = {"train_images": 12, "val_images": 6, "min_size": 64, "max_size": 96}
+
+
+@pytest.fixture(scope="session")
+def tiny_coco(tmp_path_factory) -> Path:
+    from transfer.coco import synthetic as coco_synthetic
+
+    return coco_synthetic.generate(tmp_path_factory.mktemp("coco") / "coco", **TINY_COCO)
+
+
+def make_backbone(folder: Path, arch: str, seed: int = 0, **kwargs) -> Path:
+    """A backbone artifact straight from a constructor (random weights, ImageNet contract)."""
+    import torch
+
+    from kdcl_common import artifact, models
+
+    torch.manual_seed(seed)
+    kwargs = {"num_classes": 10, **kwargs}
+    model = models.build(arch, **kwargs)
+    pre = artifact.preprocessing((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 224, 256)
+    name = models.label(arch, kwargs)
+    path = folder / f"{name}.pth"
+    artifact.save(path, model, {"architecture": arch, "constructor_kwargs": kwargs,
+                                "preprocessing": pre, "name": name, "method": "independent",
+                                "config_name": "test/made", "seed": seed})
+    return path
+
+
+def tiny_transfer_overrides(root: Path, out: Path, **extra) -> list[str]:
+    """A torchvision smoke config shrunk to seconds: 12 scenes of 64-96 px, one epoch."""
+    values = {
+        "data.root": root, "data.workers": 0,
+        **{f"data.synthetic.{k}": v for k, v in TINY_COCO.items()},
+        "model.min_size": 64, "model.max_size": 96, "model.roi_batch_size_per_image": 32,
+        "optim.batch_size": 2, "optim.epochs": 1, "optim.milestones": "[1]",
+        "optim.warmup_epochs": 0.5, "train.log_interval": 2, "train.eval_batch_size": 3,
+        "output_root": out / "runs", "records": out / "records.jsonl",
+    }
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]

@@ -61,7 +61,7 @@ def _torchvision_mobilenet_v2(key: str) -> str | None:
     return key[len("features."):] if key.startswith("features.") else None
 
 
-_BLOCK = re.compile(r"layer(\d)\.(\d+)\.(.+)")
+_BLOCK = re.compile(r"layer([1-4])\.(\d+)\.(.+)")
 
 
 def _detectron2_resnet(key: str) -> str | None:

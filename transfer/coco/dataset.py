@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as F
 from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as F
 
 from kdcl_common import DataError
+from kdcl_common.sampling import sample_seed
 
 LAYOUT = ("root/train2017/*.jpg, root/val2017/*.jpg, "
           "root/annotations/instances_train2017.json, root/annotations/instances_val2017.json")
@@ -123,10 +123,12 @@ class CocoDetection(torch.utils.data.Dataset):
     """Images as float tensors in [0, 1] (normalisation happens in the model) and targets in
     torchvision's format: boxes (x1, y1, x2, y2), labels 1..K (0 is the background), masks.
     Crowd regions and degenerate boxes are not training targets (they are still used, as
-    COCO intends, by the evaluation). With `train`, images flip horizontally at random, and
-    images without any target are left out (as Detectron2's FILTER_EMPTY_ANNOTATIONS)."""
+    COCO intends, by the evaluation). With `train`, half the images are flipped horizontally
+    (which half is a function of seed, epoch and image) and images without any target are left
+    out (as Detectron2's FILTER_EMPTY_ANNOTATIONS)."""
 
-    def __init__(self, root: str | os.PathLike, split: str, train: bool, masks: bool):
+    def __init__(self, root: str | os.PathLike, split: str, train: bool, masks: bool,
+                 seed: int = 0):
         self.image_dir, annotation_file = split_paths(root, split)
         self.coco = load_coco(annotation_file)
         self.masks, self.train = masks, train
@@ -147,7 +149,7 @@ class CocoDetection(torch.utils.data.Dataset):
         if train:
             ids = [i for i in ids if self._targets_of(i)]
         self.ids = ids
-        self.flip = v2.RandomHorizontalFlip(0.5) if train else None
+        self.seed = seed
 
     @property
     def num_classes(self) -> int:
@@ -160,7 +162,9 @@ class CocoDetection(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key: tuple[int, int] | int):
+        """`key` is (epoch, position) from kdcl_common.sampling's samplers, or a position."""
+        epoch, index = key if isinstance(key, tuple) else (0, key)
         image_id = self.ids[index]
         info = self.coco.imgs[image_id]
         with Image.open(self.image_dir / info["file_name"]) as pil:
@@ -179,8 +183,11 @@ class CocoDetection(torch.utils.data.Dataset):
             masks = np.stack([annotation_mask(a, height, width) for a in anns]) if anns else \
                 np.zeros((0, height, width), dtype=np.uint8)
             target["masks"] = tv_tensors.Mask(torch.from_numpy(masks))
-        if self.flip is not None:
-            image, target = self.flip(image, target)
+        if self.train and sample_seed(self.seed, epoch, image_id) % 2:  # flip half the images
+            image = F.horizontal_flip(image)
+            target["boxes"] = F.horizontal_flip(target["boxes"])
+            if self.masks:
+                target["masks"] = F.horizontal_flip(target["masks"])
         image = F.to_dtype(image, torch.float32, scale=True)
         target["boxes"] = target["boxes"].as_subclass(torch.Tensor)
         if self.masks:

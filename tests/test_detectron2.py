@@ -1,0 +1,194 @@
+"""The Detectron2 backend. Protocol checks read the YAML files and run everywhere; loading with
+Detectron2's config system, fidelity and training need Detectron2, which is not on PyPI, and are
+skipped with that reason where it is not installed."""
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from kdcl_common import KdclError, models
+from transfer import cli, convert
+
+from .conftest import REPO, TINY_COCO, make_backbone
+
+D2_CONFIGS = REPO / "transfer" / "configs" / "detectron2"
+EXPERIMENTS = sorted(p for p in D2_CONFIGS.glob("*.yaml") if not p.name.startswith("_"))
+HAS_D2 = importlib.util.find_spec("detectron2") is not None
+needs_d2 = pytest.mark.skipif(not HAS_D2, reason="Detectron2 is not installed (it is not on "
+                              "PyPI; install it with: bash scripts/setup.sh --detectron2)")
+TRAIN2017_WITH_ANNOTATIONS = 117_266
+
+
+def chain(path: Path) -> dict:
+    """The config with its local bases merged (the model-zoo base left out), via PyYAML."""
+    data = yaml.safe_load(path.read_text())
+    base = data.pop("_BASE_", None)
+    merged: dict = {}
+    if base and (path.parent / base).is_file():
+        merged = chain(path.parent / base)
+
+    def merge(a, b):
+        for k, v in b.items():
+            a[k] = merge(a.get(k, {}), v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+        return a
+    return merge(merged, data)
+
+
+def test_every_experiment_names_its_protocol_and_backbone():
+    assert len(EXPERIMENTS) == 16
+    for path in EXPERIMENTS:
+        cfg = chain(path)
+        assert cfg["KDCL"]["PROTOCOL"] in path.stem, path.name
+        assert path.stem.startswith(("faster_rcnn_", "mask_rcnn_"))
+        assert cfg["MODEL"].get("MASK_ON", False) == path.stem.startswith("mask_rcnn_")
+        assert cfg["INPUT"]["FORMAT"] == "RGB" and cfg["MODEL"]["RESNETS"]["STRIDE_IN_1X1"] is False
+        assert cfg["MODEL"]["WEIGHTS"] == ""  # nothing is downloaded
+        if "_R18_" in path.name:
+            assert cfg["MODEL"]["RESNETS"]["DEPTH"] == 18
+            assert cfg["MODEL"]["RESNETS"]["RES2_OUT_CHANNELS"] == 64
+        if "_MBV2_" in path.name:
+            assert cfg["MODEL"]["BACKBONE"]["NAME"] == "build_mobilenet_v2_fpn_backbone"
+
+
+def test_paper_protocol_is_the_papers():
+    cfg = chain(D2_CONFIGS / "_paper14ep_syncbn.yaml")
+    solver = cfg["SOLVER"]
+    assert solver["IMS_PER_BATCH"] == 32 and solver["BASE_LR"] == 0.04
+    assert solver["WEIGHT_DECAY"] == 1e-4 and solver["MOMENTUM"] == 0.9
+    per_epoch = TRAIN2017_WITH_ANNOTATIONS / 32
+    assert solver["MAX_ITER"] == math.ceil(14 * per_epoch)
+    assert solver["STEPS"] == f"({round(9 * per_epoch)}, {round(12 * per_epoch)})"
+    assert cfg["MODEL"]["BACKBONE"]["FREEZE_AT"] == 0  # nothing frozen
+    for key in ("RESNETS", "MOBILENET_V2", "FPN", "ROI_BOX_HEAD", "ROI_MASK_HEAD"):
+        assert cfg["MODEL"][key]["NORM"] == "SyncBN", key
+    frozen = chain(D2_CONFIGS / "_1x_frozenbn.yaml")
+    assert frozen["MODEL"]["BACKBONE"]["FREEZE_AT"] == 2
+    assert frozen["MODEL"]["RESNETS"]["NORM"] == frozen["MODEL"]["MOBILENET_V2"]["NORM"] == "FrozenBN"
+
+
+def test_cli_routes_detectron2_yaml_to_detectron2():
+    assert cli.backend_of(EXPERIMENTS[0]) == "detectron2"
+    assert cli.backend_of(REPO / "transfer/configs/torchvision/smoke_faster_rcnn_fpn.yaml") == "torchvision"
+
+
+def test_missing_detectron2_says_how_to_install(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "detectron2", None)  # import detectron2 -> ImportError
+    backbone = make_backbone(tmp_path, "resnet18")
+    assert cli.main([str(D2_CONFIGS / "faster_rcnn_R18_FPN_smoke.yaml"),
+                     "--backbone", str(backbone)]) == 2
+    err = capsys.readouterr().err
+    assert "Detectron2 is not installed" in err and "scripts/setup.sh --detectron2" in err
+    assert "git+https://github.com/facebookresearch/detectron2.git" in err
+
+
+# ------------------------------------------------------------------- with Detectron2 installed
+@needs_d2
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_configs_load_with_detectron2(path):
+    from transfer.backends.detectron2 import config as d2config
+
+    cfg = d2config.load(path)
+    assert cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN"
+    assert cfg.MODEL.ANCHOR_GENERATOR.SIZES == [[32], [64], [128], [256], [512]]  # from the zoo
+    assert cfg.KDCL.PROTOCOL in path.stem
+
+
+@needs_d2
+def test_unknown_detectron2_key_is_an_error():
+    from kdcl_common import ConfigError
+    from transfer.backends.detectron2 import config as d2config
+
+    with pytest.raises(ConfigError, match="SOLVER.BASE_LRR"):
+        d2config.load(EXPERIMENTS[0], ["SOLVER.BASE_LRR=0.1"])
+
+
+@needs_d2
+@pytest.mark.parametrize("config,arch,kwargs", [
+    ("faster_rcnn_R18_FPN_1x_frozenbn", "resnet18", {}),
+    ("faster_rcnn_R50_FPN_1x_frozenbn", "resnet50", {}),
+    ("faster_rcnn_MBV2_FPN_smoke", "mobilenet_v2", {"width_mult": 0.5}),
+])
+def test_detectron2_backbone_gives_the_same_feature_maps(tmp_path, config, arch, kwargs):
+    """The converted weights through Detectron2's own loading (pickle, name matching) and its own
+    input normalisation (0-255 RGB), against torchvision's network on 0-1 normalised input."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    from transfer.backends.detectron2 import launcher
+    from transfer.backends.detectron2 import config as d2config
+
+    torch.manual_seed(0)
+    path = make_backbone(tmp_path, arch, **kwargs)
+    source, meta = __import__("kdcl_common.artifact", fromlist=["load"]).load(path)
+    with torch.no_grad():
+        source.train()(torch.randn(4, 3, 64, 64))  # non-trivial BatchNorm statistics
+    source.eval()
+    cfg = d2config.load(D2_CONFIGS / f"{config}.yaml", ["MODEL.DEVICE=cpu"])
+    launcher.fit_backbone(cfg, meta, path)
+    cfg.OUTPUT_DIR = str(tmp_path)
+    model = build_model(cfg).eval()
+    target = model.backbone.bottom_up.state_dict()
+    converted = convert.convert(source.state_dict(), arch, "detectron2", target.keys())
+    weights = convert.save_detectron2(converted, tmp_path / "backbone.pkl", "test")
+    DetectionCheckpointer(model).load(str(weights))
+    image = torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8)  # a multiple of 32: no padding
+    with torch.no_grad():
+        d2_input = model.preprocess_image([{"image": image}]).tensor
+        d2_maps = model.backbone.bottom_up(d2_input)
+        mean = torch.tensor(meta["preprocessing"]["mean"]).view(1, 3, 1, 1)
+        std = torch.tensor(meta["preprocessing"]["std"]).view(1, 3, 1, 1)
+        tv_maps = convert.torchvision_features(source, arch, (image[None].float() / 255 - mean) / std)
+    error = convert.max_relative_error(tv_maps, [d2_maps[k] for k in ("res2", "res3", "res4", "res5")])
+    assert error < 1e-4
+
+
+@needs_d2
+def test_detectron2_trains_a_few_iterations_and_writes_a_record(tmp_path, tiny_coco):
+    backbone = make_backbone(tmp_path, "resnet18")
+    argv = [str(D2_CONFIGS / "mask_rcnn_R18_FPN_smoke.yaml"), "--backbone", str(backbone),
+            f"KDCL.DATA_ROOT={tiny_coco}", "KDCL.SYNTHETIC=False", "SOLVER.MAX_ITER=3",
+            "SOLVER.STEPS=(2,)", "SOLVER.WARMUP_ITERS=1", "SOLVER.IMS_PER_BATCH=2",
+            "INPUT.MIN_SIZE_TRAIN=(64,)", "INPUT.MIN_SIZE_TEST=64", "DATALOADER.NUM_WORKERS=0",
+            f"KDCL.OUTPUT_ROOT={tmp_path / 'runs'}", f"KDCL.RECORDS={tmp_path / 'records.jsonl'}"]
+    assert cli.main(argv) == 0
+    (record,) = [json.loads(l) for l in (tmp_path / "records.jsonl").read_text().splitlines()]
+    assert record["backend"] == "detectron2" and record["task"] == "instance_segmentation"
+    assert set(record["metrics"]) >= {"bbox_AP", "segm_AP", "segm_AP50"}
+    run_dir = Path(record["run_dir"])
+    assert (run_dir / "result.json").is_file() and (run_dir / "model_final.pth").is_file()
+    assert not list(run_dir.glob(".*.partial.pth"))
+    # a second run of a finished config refuses; --resume is a no-op
+    assert cli.main(argv) == 2
+    assert cli.main(argv + ["--resume"]) == 0
+
+
+@needs_d2
+def test_detectron2_refuses_a_backbone_of_another_architecture(tmp_path, capsys):
+    backbone = make_backbone(tmp_path, "resnet50")
+    assert cli.main([str(D2_CONFIGS / "faster_rcnn_R18_FPN_smoke.yaml"), "--backbone",
+                     str(backbone)]) == 2
+    assert "is a resnet50 backbone, but the config builds a resnet18" in capsys.readouterr().err
+
+
+@needs_d2
+def test_syncbn_falls_back_to_bn_in_one_process():
+    import logging
+
+    from transfer.backends.detectron2 import launcher
+    from transfer.backends.detectron2 import config as d2config
+
+    cfg = d2config.load(D2_CONFIGS / "mask_rcnn_R18_FPN_paper14ep_syncbn.yaml")
+    with pytest.warns(UserWarning, match="SyncBN has no effect"):
+        launcher.fall_back_from_syncbn(cfg, 1, logging.getLogger("test"))
+    assert cfg.MODEL.RESNETS.NORM == cfg.MODEL.FPN.NORM == cfg.MODEL.ROI_MASK_HEAD.NORM == "BN"
+
+
+def test_tiny_coco_fixture_matches(tiny_coco):
+    assert TINY_COCO["train_images"] == len(list((tiny_coco / "train2017").iterdir()))
+    assert models.label("resnet18") == "resnet18"
+    assert KdclError

@@ -1,0 +1,339 @@
+"""Fine-tune and evaluate a torchvision Faster/Mask R-CNN on COCO: one process, or torchrun with
+DDP (gloo on CPU, NCCL on GPU). SGD with warm-up and multistep decay, AMP on GPU, atomic
+checkpoints every epoch, `--resume`, pycocotools evaluation, one result record per run."""
+from __future__ import annotations
+
+import json
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader
+
+from kdcl_common import ConfigError, KdclError, artifact, models, records
+from kdcl_common import distributed as kdist
+from kdcl_common.config import config_hash, to_dict, to_yaml
+from kdcl_common.io import atomic_write_json, atomic_write_text
+from kdcl_common.logs import MetricsWriter, get_logger, progress
+from kdcl_common.provenance import environment
+from kdcl_common.sampling import GlobalBatchSampler, ShardSampler, sample_seed
+from kdcl_common.schedule import learning_rate
+
+from ...coco import evaluate as coco_eval
+from ...coco import synthetic
+from ...coco.dataset import CocoDetection, collate
+from ...config import CHECKPOINTS, TransferConfig
+from . import models as detectors
+
+
+class NonFiniteLossError(KdclError):
+    pass
+
+
+def backbone_id(meta: dict, path: Path) -> str:
+    """A readable, unique folder name for a backbone: <pretrain config>-seed<n>-<student>."""
+    if meta.get("config_name") and meta.get("name"):
+        return f"{meta['config_name'].replace('/', '-')}-seed{meta.get('seed', 0)}-{meta['name']}"
+    return f"{path.stem}-{meta.get('sha256', '')[:8]}"
+
+
+def run_dir_of(cfg: TransferConfig, meta: dict, path: Path) -> Path:
+    return Path(cfg.output_root) / cfg.name / backbone_id(meta, path) / f"seed{cfg.seed}"
+
+
+def check_backbone(cfg: TransferConfig, meta: dict, path: Path) -> None:
+    arch = meta["architecture"]
+    if cfg.model.backbone is not None and arch != cfg.model.backbone:
+        raise ConfigError(f"{path} is a {arch} backbone, but {cfg.name} is a config for "
+                          f"{cfg.model.backbone}: use a {cfg.model.backbone} backbone, a config "
+                          f"for {arch}, or model.backbone=null")
+    if meta["preprocessing"].get("color", "RGB") != "RGB":
+        raise ConfigError(f"{path} expects {meta['preprocessing']['color']} input; the COCO "
+                          f"loader gives RGB")
+
+
+def _device_targets(targets, device):
+    return [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v)
+             for k, v in t.items()} for t in targets]
+
+
+def _loader(dataset, batch_sampler, workers: int, pin: bool) -> DataLoader:
+    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers,
+                      collate_fn=collate, pin_memory=pin, persistent_workers=workers > 0,
+                      generator=torch.Generator().manual_seed(0))
+
+
+class DetectionRun:
+    """Everything one fine-tuning run holds; `fit` trains, `evaluate` scores with COCOeval."""
+
+    def __init__(self, cfg: TransferConfig, backbone: Path, config_file: str, ctx, logger):
+        self.cfg, self.ctx, self.logger, self.config_file = cfg, ctx, logger, config_file
+        self.backbone_path = backbone
+        # checks the sha256 and that the weights fit their architecture strictly
+        source, self.meta = artifact.load(backbone)
+        self.backbone_state = source.state_dict()
+        check_backbone(cfg, self.meta, backbone)
+        self.run_dir = run_dir_of(cfg, self.meta, backbone)
+        self.masks = cfg.model.detector == "mask_rcnn"
+        self._data()
+        self._model()
+
+    # ------------------------------------------------------------------------------- set-up
+    def _data(self) -> None:
+        cfg, ctx = self.cfg, self.ctx
+        if cfg.data.dataset == "synthetic":
+            s = cfg.data.synthetic
+            if ctx.local_rank == 0:
+                synthetic.generate(cfg.data.root, s.train_images, s.val_images, s.min_size,
+                                   s.max_size, s.seed)
+            kdist.barrier()
+        self.train_set = CocoDetection(cfg.data.root, cfg.data.train_split, train=True,
+                                       masks=self.masks, seed=cfg.seed)
+        self.val_set = CocoDetection(cfg.data.root, cfg.data.val_split, train=False, masks=False)
+        if self.train_set.category_ids != self.val_set.category_ids:
+            raise KdclError(f"the categories of {cfg.data.train_split} and {cfg.data.val_split} "
+                            f"differ: {self.train_set.category_ids} vs {self.val_set.category_ids}")
+        pin = ctx.device.type == "cuda"
+        self.train_loader = _loader(
+            self.train_set, GlobalBatchSampler(len(self.train_set), cfg.optim.batch_size,
+                                               ctx.rank, ctx.world_size, cfg.seed),
+            cfg.data.workers, pin)
+        self.val_loader = _loader(
+            self.val_set, ShardSampler(len(self.val_set), cfg.train.eval_batch_size, ctx.rank,
+                                       ctx.world_size), cfg.data.workers, pin)
+
+    def _model(self) -> None:
+        cfg, ctx, meta = self.cfg, self.ctx, self.meta
+        torch.manual_seed(cfg.seed)  # the heads' initialisation, the same on every rank
+        pre = meta["preprocessing"]
+        kwargs = {k: v for k, v in meta["constructor_kwargs"].items() if k != "num_classes"}
+        model = detectors.build(cfg.model, meta["architecture"], kwargs,
+                                self.train_set.num_classes, pre["mean"], pre["std"])
+        converted = detectors.load_backbone(model, self.backbone_state, meta["architecture"])
+        self.logger.info(f"loaded {len(converted.state)} backbone tensors from "
+                         f"{self.backbone_path} (skipped the classifier: "
+                         f"{', '.join(converted.skipped)})")
+        if cfg.model.norm == "syncbn":
+            if ctx.device.type == "cuda" and ctx.distributed:
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            else:
+                where = "on the CPU" if ctx.device.type != "cuda" else "in a single process"
+                self.logger.warning(f"model.norm=syncbn has no effect {where} (SyncBatchNorm "
+                                    f"needs several GPU processes): using BatchNorm")
+        self.model = model.to(ctx.device)
+        self.wrapped = (DDP(self.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda"
+                            else None) if ctx.distributed else self.model)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        o = cfg.optim
+        self.optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum,
+                                         nesterov=o.nesterov, weight_decay=o.weight_decay)
+        amp = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.amp]
+        if amp is not None and ctx.device.type != "cuda":
+            self.logger.warning(f"train.amp={cfg.train.amp} is for GPUs; float32 on the CPU")
+            amp = None
+        self.autocast = (lambda: torch.autocast(ctx.device.type, dtype=amp)) if amp else nullcontext
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp == torch.float16)
+
+    # ----------------------------------------------------------------------------- training
+    def train_one_epoch(self, epoch: int, writer: MetricsWriter) -> dict:
+        cfg, device = self.cfg, self.ctx.device
+        loader = self.train_loader
+        loader.batch_sampler.set_epoch(epoch)
+        steps = len(loader)
+        torch.manual_seed(sample_seed(cfg.seed, epoch, self.ctx.rank, 1))  # RPN/RoI sampling
+        self.model.train()
+        sums: dict[str, torch.Tensor] = {}
+        first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        seen, start = 0, time.perf_counter()
+        window: dict[str, float] = {}
+        for i, (images, targets) in enumerate(progress(loader, self.ctx.rank, total=steps,
+                                                       desc=f"epoch {epoch + 1}")):
+            step = epoch * steps + i
+            for group in self.optimizer.param_groups:
+                group["lr"] = learning_rate(cfg.optim, step, steps)
+            images = [im.to(device, non_blocking=True) for im in images]
+            targets = _device_targets(targets, device)
+            with self.autocast():
+                losses = self.wrapped(images, targets)
+            total = sum(losses.values())
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(total).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            with torch.no_grad():
+                for name, value in losses.items():
+                    sums[name] = sums.get(name, 0) + value.detach().float()
+                first_bad.copy_(torch.where(~torch.isfinite(total.detach()) & (first_bad < 0),
+                                            step, first_bad))
+            seen += len(images)
+            if (i + 1) % cfg.train.log_interval == 0 or i + 1 == steps:
+                if int(first_bad) >= 0:
+                    raise NonFiniteLossError(
+                        f"the detection loss became NaN/inf at epoch {epoch + 1}, step "
+                        f"{int(first_bad) - epoch * steps + 1} of {steps}; training stopped and "
+                        f"the last checkpoint ({CHECKPOINTS.path(self.run_dir)}) is kept. Lower "
+                        f"optim.lr or lengthen optim.warmup_epochs.")
+                now = {k: float(v) for k, v in sums.items()}
+                n = (i + 1) - window.get("_step", 0)
+                writer.write("train", step + 1, {"lr": self.optimizer.param_groups[0]["lr"],
+                             **{k: (now[k] - window.get(k, 0.0)) / n for k in now}},
+                             epoch=epoch + 1)
+                window = {**now, "_step": i + 1}
+        seconds = time.perf_counter() - start
+        images_total = seen * self.ctx.world_size
+        return {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"],
+                **{f"train/{k}": float(v) / max(steps, 1) for k, v in sums.items()},
+                "train_seconds": round(seconds, 2), "train_images": images_total,
+                "images_per_second": round(images_total / seconds, 2)}
+
+    # --------------------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self) -> dict | None:
+        """COCO APs (x100) of boxes (and masks) on the validation split; None off rank 0."""
+        self.model.eval()
+        category_ids = self.val_set.category_ids
+        results: list[dict] = []
+        for images, targets in self.val_loader:
+            images = [im.to(self.ctx.device, non_blocking=True) for im in images]
+            with self.autocast():
+                outputs = self.model(images)
+            for target, output in zip(targets, outputs):
+                output = {k: (v.float() if v.is_floating_point() else v) for k, v in output.items()}
+                results += coco_eval.to_coco_results(target["image_id"], output, category_ids)
+        if self.ctx.distributed:
+            gathered = [None] * self.ctx.world_size
+            dist.all_gather_object(gathered, results)
+            results = [r for part in gathered for r in part]
+        if not self.ctx.is_main:
+            return None
+        metrics = {f"bbox_{k}": v for k, v in
+                   coco_eval.evaluate(self.val_set.coco, results, "bbox").items()}
+        if self.masks:
+            metrics.update({f"segm_{k}": v for k, v in
+                            coco_eval.evaluate(self.val_set.coco, results, "segm").items()})
+        metrics["detections"] = len(results)
+        return metrics
+
+    # -------------------------------------------------------------------------- checkpoints
+    def state(self, epoch: int, history: list, wall: float) -> dict:
+        return {"epoch": epoch, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "config": to_dict(self.cfg), "history": history, "wall_seconds": wall}
+
+    def restore(self, state: dict) -> tuple[int, list, float]:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        return state["epoch"], state["history"], state["wall_seconds"]
+
+
+def run(cfg: TransferConfig, backbone: str | Path, config_file: str, resume: bool = False,
+        eval_only: bool = False) -> Path:
+    ctx = kdist.init(cfg.train.device)
+    try:
+        return _run(cfg, Path(backbone), config_file, resume, eval_only, ctx)
+    finally:
+        kdist.shutdown()
+
+
+def _run(cfg, backbone: Path, config_file: str, resume: bool, eval_only: bool, ctx) -> Path:
+    logger = get_logger("transfer", ctx.rank)
+    backbone = backbone.with_suffix(".pth")
+    if not backbone.is_file():
+        raise KdclError(f"backbone weights not found: {backbone}")
+    meta = artifact.read_metadata(backbone)
+    run_dir = run_dir_of(cfg, meta, backbone)
+    config = to_dict(cfg)
+    if eval_only:
+        return _evaluate_only(cfg, backbone, config_file, ctx, logger, run_dir)
+    action = CHECKPOINTS.check_run_dir(run_dir, resume)
+    if action == "finished":
+        CHECKPOINTS.check_finished_config(run_dir, config)
+        logger.info(f"{run_dir} is already finished: {run_dir / 'result.json'}")
+        return run_dir
+    logger = get_logger("transfer", ctx.rank, run_dir / "log.txt")
+    session = DetectionRun(cfg, backbone, config_file, ctx, logger)
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+        atomic_write_json(run_dir / "environment.json",
+                          {**environment(ctx.world_size), "config_file": config_file,
+                           "config_hash": config_hash(cfg), "backbone": str(backbone),
+                           "backbone_meta": {k: v for k, v in meta.items() if k != "config"}})
+    logger.info(f"{cfg.name} ({cfg.model.detector}, protocol {cfg.protocol}) on {backbone} "
+                f"({meta['architecture']}, {meta.get('method')}): {len(session.train_set)} "
+                f"training images, {ctx.world_size} process(es) on {ctx.device.type}; "
+                f"writing to {run_dir}")
+    start_epoch, history, wall = 0, [], 0.0
+    if action == "resume":
+        start_epoch, history, wall = session.restore(CHECKPOINTS.load(run_dir, config))
+        logger.info(f"resumed from {CHECKPOINTS.path(run_dir)} after epoch {start_epoch}")
+    writer = MetricsWriter(run_dir, enabled=ctx.is_main)
+    try:
+        for epoch in range(start_epoch, cfg.optim.epochs):
+            t0 = time.perf_counter()
+            metrics = session.train_one_epoch(epoch, writer)
+            last = epoch + 1 == cfg.optim.epochs
+            if last or (cfg.train.eval_interval and (epoch + 1) % cfg.train.eval_interval == 0):
+                scores = session.evaluate()
+                if scores is not None:
+                    metrics.update({f"val/{k}": v for k, v in scores.items()})
+            wall += time.perf_counter() - t0
+            history.append(metrics)
+            if ctx.is_main:
+                CHECKPOINTS.save(run_dir, session.state(epoch + 1, history, wall))
+                writer.write("epoch", epoch + 1, {k: v for k, v in metrics.items()
+                                                  if isinstance(v, (int, float))})
+                shown = ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in metrics.items()
+                                  if k.startswith("train/loss") or k.startswith("val/") and
+                                  k.endswith("_AP") and v is not None)
+                logger.info(f"epoch {epoch + 1}/{cfg.optim.epochs} | lr {metrics['lr']:.4g} | "
+                            f"{shown} | {metrics['images_per_second']:.1f} img/s")
+            kdist.barrier()
+    finally:
+        writer.close()
+    if ctx.is_main:
+        final = history[-1]
+        metrics = {k[len("val/"):]: v for k, v in final.items()
+                   if k.startswith("val/") and k != "val/detections"}
+        images = sum(h["train_images"] for h in history)
+        seconds = sum(h["train_seconds"] for h in history)
+        record = records.append(
+            cfg.records, stage="transfer", task=cfg.task, dataset=cfg.data.dataset,
+            backend="torchvision", backbone=models.label(meta["architecture"],
+                                                         meta["constructor_kwargs"]),
+            method=meta.get("method", "unknown"), metrics=metrics, seed=cfg.seed,
+            preset=cfg.preset, config=cfg.name, config_file=config_file,
+            config_hash=config_hash(cfg), run_dir=run_dir, world_size=ctx.world_size,
+            wall_seconds=wall, protocol=cfg.protocol, detector=cfg.model.detector,
+            epochs=cfg.optim.epochs, backbone_path=str(backbone),
+            backbone_sha256=meta.get("sha256"), pretrain_config=meta.get("config_name"),
+            pretrain_seed=meta.get("seed"), pretrain_run=meta.get("run_dir"),
+            icl=meta.get("icl"), group="+".join(meta.get("students", [])),
+            images_per_second=round(images / seconds, 2) if seconds else None)
+        atomic_write_json(run_dir / CHECKPOINTS.finished_marker, record)
+        logger.info("result: " + ", ".join(f"{k} {v}" for k, v in metrics.items()))
+    kdist.barrier()
+    return run_dir
+
+
+def _evaluate_only(cfg, backbone: Path, config_file: str, ctx, logger, run_dir: Path) -> Path:
+    """Evaluate the run's trained weights (its last checkpoint) on data.val_split."""
+    if not CHECKPOINTS.path(run_dir).is_file():
+        raise KdclError(f"--eval-only evaluates a trained run, but {run_dir} has no checkpoint: "
+                        f"train it first (the same command without --eval-only)")
+    session = DetectionRun(cfg, backbone, config_file, ctx, logger)
+    state = torch.load(CHECKPOINTS.path(run_dir), map_location="cpu", weights_only=True)
+    session.model.load_state_dict(state["model"])
+    scores = session.evaluate()
+    if ctx.is_main:
+        out = run_dir / f"eval-{cfg.data.val_split}.json"
+        atomic_write_json(out, {"epoch": state["epoch"], "metrics": scores,
+                                "config_hash": config_hash(cfg)})
+        logger.info(f"evaluated epoch {state['epoch']} on {cfg.data.val_split}: {json.dumps(scores)}"
+                    f" (written to {out})")
+    return run_dir

@@ -1,0 +1,121 @@
+"""Config schema of the torchvision detection backend (YAML, like pre-training's).
+
+Detectron2 configs are Detectron2's own YAML (transfer/backends/detectron2) and mmseg configs
+mmseg's own Python; `python -m transfer` tells them apart by their content.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from kdcl_common import ConfigError, schedule
+from kdcl_common.checkpoint import RunCheckpoints
+from kdcl_common.config import load_config, option
+from kdcl_common.schedule import OptimConfig
+
+from .convert import DETECTION_ARCHS
+
+CONFIG_ROOT = Path(__file__).resolve().parent / "configs"
+DETECTORS = {"faster_rcnn": "detection", "mask_rcnn": "instance_segmentation"}
+CHECKPOINTS = RunCheckpoints(format="kdcl-bench/transfer-checkpoint-v1",
+                             finished_marker="result.json",
+                             resumable_keys=("data.workers", "train.log_interval"))
+
+
+@dataclass
+class ModelConfig:
+    detector: str = option("faster_rcnn", help="faster_rcnn or mask_rcnn (both with FPN)")
+    backbone: Optional[str] = option(None, help="the backbone architecture this config is for "
+                                     f"({', '.join(DETECTION_ARCHS)}); null accepts any of them")
+    norm: str = option("bn", help="backbone normalisation: bn, syncbn (BatchNorm synchronised "
+                       "across GPU processes) or frozen_bn")
+    head_norm: str = option("none", help="normalisation in the FPN and the RoI heads: none "
+                            "(Faster/Mask R-CNN as published) or bn (4-conv box head, as "
+                            "Detectron2's SyncBN recipe); bn follows `norm` across processes")
+    trainable_layers: int = option(5, help="backbone stages trained, from the top (5: all, "
+                                   "3: stem and first stage frozen)")
+    roi_batch_size_per_image: int = option(512, help="RoIs sampled per image to train the box "
+                                           "head (Detectron2's ROI_HEADS.BATCH_SIZE_PER_IMAGE)")
+    min_size: int = option(800, help="shorter image side (torchvision's GeneralizedRCNNTransform)")
+    max_size: int = option(1333, help="longer image side at most")
+
+
+@dataclass
+class SyntheticCocoConfig:
+    train_images: int = option(48, help="generated training scenes")
+    val_images: int = option(16, help="generated validation scenes")
+    min_size: int = option(96, help="smallest image side")
+    max_size: int = option(160, help="largest image side")
+    seed: int = option(0, help="generator seed")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = option("coco", help="coco (the COCO 2017 layout at data.root) or synthetic "
+                          "(the generated scene set, written to data.root if missing)")
+    root: str = option("${oc.env:COCO_ROOT}", help="the COCO root: train2017/, val2017/, "
+                       "annotations/instances_*.json")
+    train_split: str = option("train2017", help="training images and instances file")
+    val_split: str = option("val2017", help="evaluation images and instances file")
+    workers: int = option(4, help="data-loading processes per rank")
+    synthetic: SyntheticCocoConfig = field(default_factory=SyntheticCocoConfig)
+
+
+@dataclass
+class TrainConfig:
+    device: str = option("auto", help="auto (GPU if present), cpu or cuda")
+    amp: str = option("off", help="mixed precision on GPU: off, bf16 or fp16 (with a scaler)")
+    log_interval: int = option(20, help="steps between training-loss logs (and NaN checks)")
+    eval_interval: int = option(0, help="evaluate every this many epochs (0: only at the end)")
+    eval_batch_size: int = option(8, help="images per rank and batch at evaluation")
+
+
+@dataclass
+class TransferConfig:
+    name: Optional[str] = option(None, help="config name (default: its path under "
+                                 "transfer/configs without .yaml)")
+    backend: str = option("torchvision", help="this schema's backend: torchvision")
+    protocol: str = option(help="the fine-tuning protocol, e.g. paper14ep_syncbn, 1x_frozenbn")
+    preset: str = option("custom", help="smoke, paper or custom (recorded in results)")
+    seed: int = option(0, help="seed of the heads' initialisation, data order and flips")
+    output_root: str = option("runs/transfer", help="runs go to <output_root>/<name>/<backbone>")
+    records: str = option("results/records/transfer.jsonl", help="result records are appended here")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def task(self) -> str:
+        return DETECTORS[self.model.detector]
+
+
+def load(path: str | Path, overrides: list[str] = ()) -> TransferConfig:
+    cfg = load_config(TransferConfig, path, overrides)
+    if cfg.name is None:
+        path = Path(path).resolve()
+        try:
+            cfg.name = str(path.relative_to(CONFIG_ROOT).with_suffix(""))
+        except ValueError:
+            cfg.name = path.stem
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TransferConfig) -> None:
+    def choice(key: str, value, allowed) -> None:
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not one of: {', '.join(map(str, allowed))}")
+
+    choice("backend", cfg.backend, ("torchvision",))
+    choice("model.detector", cfg.model.detector, tuple(DETECTORS))
+    choice("model.norm", cfg.model.norm, ("bn", "syncbn", "frozen_bn"))
+    choice("model.head_norm", cfg.model.head_norm, ("none", "bn"))
+    if cfg.model.backbone is not None:
+        choice("model.backbone", cfg.model.backbone, DETECTION_ARCHS)
+    choice("model.trainable_layers", cfg.model.trainable_layers, range(6))
+    choice("data.dataset", cfg.data.dataset, ("coco", "synthetic"))
+    choice("train.amp", cfg.train.amp, ("off", "bf16", "fp16"))
+    for problem in schedule.check(cfg.optim):
+        raise ConfigError(problem)

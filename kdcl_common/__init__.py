@@ -13,3 +13,7 @@ class ConfigError(KdclError):
 
 class DataError(KdclError):
     """A dataset that is missing or malformed."""
+
+
+class NonFiniteLossError(KdclError):
+    """Training produced a NaN or infinite loss; the last good checkpoint is kept."""

@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from kdcl_common import KdclError, models, provenance
+from kdcl_common import KdclError, NonFiniteLossError, models, provenance
 from kdcl_common import distributed as kdist
 from kdcl_common.config import config_hash, to_dict, to_yaml
 from kdcl_common.io import atomic_write_json, atomic_write_text
@@ -35,10 +35,6 @@ from .config import PretrainConfig
 from .data import loader as data_loader
 from .export import export_students
 from .losses import collaborative_loss
-
-
-class NonFiniteLossError(KdclError):
-    pass
 
 
 def student_names(cfg: PretrainConfig) -> list[str]:

@@ -121,3 +121,26 @@ def test_every_torchvision_config_loads_and_names_its_protocol(monkeypatch):
             o = cfg.optim
             assert (o.batch_size, o.lr, o.epochs, o.milestones) == (32, 0.04, 14, [9, 12])
             assert cfg.model.norm == "syncbn" and cfg.model.trainable_layers == 5
+
+
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, tiny_coco, backbones, capsys,
+                                                      monkeypatch):
+    import torch
+    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+
+    real, calls = GeneralizedRCNN.forward, {"n": 0}
+
+    def poisoned(self, images, targets=None):
+        out = real(self, images, targets)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] > 5:  # epoch 2 (5 steps of 2 images per epoch)
+                out = {k: v * float("nan") for k, v in out.items()}
+        return out
+
+    monkeypatch.setattr(GeneralizedRCNN, "forward", poisoned)
+    assert run("smoke_faster_rcnn_fpn", backbones["resnet18"], tiny_coco, tmp_path,
+               "optim.epochs=2", "train.log_interval=1") == 2
+    assert "loss became NaN/inf at epoch 2, step 1 of 5" in capsys.readouterr().err
+    (checkpoint,) = (tmp_path / "runs").rglob("checkpoint.pth")
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 1

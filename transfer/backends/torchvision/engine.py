@@ -14,7 +14,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
-from kdcl_common import ConfigError, KdclError, artifact, models, records
+from kdcl_common import ConfigError, KdclError, NonFiniteLossError, artifact, models, records
 from kdcl_common import distributed as kdist
 from kdcl_common.config import config_hash, to_dict, to_yaml
 from kdcl_common.io import atomic_write_json, atomic_write_text
@@ -28,10 +28,6 @@ from ...coco import synthetic
 from ...coco.dataset import CocoDetection, collate
 from ...config import CHECKPOINTS, TransferConfig
 from . import models as detectors
-
-
-class NonFiniteLossError(KdclError):
-    pass
 
 
 def backbone_id(meta: dict, path: Path) -> str:

@@ -70,3 +70,16 @@ def tiny_transfer_overrides(root: Path, out: Path, **extra) -> list[str]:
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+def tiny_mmseg_overrides(root: Path, out: Path, iters: int = 4, **extra) -> list[str]:
+    """An mmseg smoke config shrunk to seconds on the tiny scene set."""
+    values = {"kdcl.synthetic": False, "kdcl.output_root": out / "runs",
+              "kdcl.records": out / "records.jsonl", "train_cfg.max_iters": iters,
+              "train_cfg.val_interval": iters, "param_scheduler.0.end": iters,
+              "default_hooks.checkpoint.interval": 2, "train_dataloader.batch_size": 2}
+    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        values.update({f"{loader}.dataset.data_root": root, f"{loader}.num_workers": 0,
+                       f"{loader}.persistent_workers": False})
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]

@@ -3,6 +3,7 @@ on COCO and evaluate it. The backend follows from the config:
 
   transfer/configs/torchvision/*.yaml   this project's YAML (torchvision detection models)
   transfer/configs/detectron2/*.yaml    Detectron2's own YAML (needs Detectron2 installed)
+  transfer/configs/mmseg/*.py           mmsegmentation's own Python configs (segmentation)
 """
 from __future__ import annotations
 
@@ -23,11 +24,14 @@ examples:
       transfer/configs/torchvision/mask_rcnn_fpn_paper14ep_syncbn.yaml --backbone R18.pth
   python -m transfer transfer/configs/detectron2/faster_rcnn_R18_FPN_paper14ep_syncbn.yaml \\
       --backbone R18.pth --num-gpus 8                    # Detectron2's own launcher
+  python -m transfer transfer/configs/mmseg/sem-fpn_r18_smoke.py --backbone R18.pth
+  torchrun --nproc_per_node 4 -m transfer \
+      transfer/configs/mmseg/upernet_r50_80k_syncbn_coco-stuff164k-512x512.py --backbone R50.pth
   python -m transfer CONFIG --backbone PATH --resume     # continue a killed run
   python -m transfer CONFIG --backbone PATH --eval-only  # evaluate a trained run again
 
 Overrides are key=value: for the torchvision backend the keys below; for Detectron2 its own
-keys (SOLVER.BASE_LR=0.02). Runs go to <output root>/<config name>/<backbone>/seed<n>/, and one
+keys (SOLVER.BASE_LR=0.02); for mmseg its config's keys (train_cfg.max_iters=1000). Runs go to <output root>/<config name>/<backbone>/seed<n>/, and one
 result record per finished run is appended to results/records/transfer.jsonl.
 
 torchvision backend config keys (key = default, then what it means):
@@ -35,12 +39,13 @@ torchvision backend config keys (key = default, then what it means):
 
 
 def backend_of(config: str | Path) -> str:
-    """'detectron2' for Detectron2 YAML (upper-case keys or _BASE_), else 'torchvision'."""
+    """'mmseg' for Python configs, 'detectron2' for Detectron2 YAML (upper-case keys or
+    _BASE_), else 'torchvision'."""
     path = Path(config)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     if path.suffix == ".py":
-        raise ConfigError(f"{path}: Python configs (mmsegmentation) are not supported yet")
+        return "mmseg"
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
@@ -55,8 +60,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="python -m transfer",
-        description="Fine-tune a pre-trained backbone on COCO detection or instance "
-                    "segmentation and evaluate it.",
+        description="Fine-tune a pre-trained backbone on COCO detection, instance "
+                    "segmentation or COCO-Stuff semantic segmentation, and evaluate it.",
         epilog=EXAMPLES + "\n".join(describe(TransferConfig)),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="a transfer config (see transfer/configs)")
@@ -81,8 +86,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_intermixed_args(argv)
     try:
-        if backend_of(args.config) == "detectron2":
+        backend = backend_of(args.config)
+        if backend == "detectron2":
             from .backends.detectron2 import launcher
+
+            return launcher.main(args)
+        if backend == "mmseg":
+            from .backends.mmseg import launcher
 
             return launcher.main(args)
         from . import config

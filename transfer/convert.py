@@ -8,10 +8,14 @@ Targets:
     "detectron2"    Detectron2's ResNet (`stem.conv1`, `res2`..`res5`, `conv<k>.norm`,
                     `shortcut`), or the `features` of the project's registered MobileNetV2
                     backbone (transfer/backends/detectron2/mobilenet.py)
+    "mmseg"         mmseg's ResNet(style='pytorch'), which has torchvision's names, or its
+                    MobileNetV2 (`conv1`, `layer1`..`layer7` of ConvModules); mmseg's
+                    MobileNetV2 ends at 320 channels, so torchvision's last 1x1 convolution
+                    (`features.18`, which feeds the classifier) is skipped with it
 
 The conversion is strict. It fails, listing the keys,
     - when a source key is left unused (only the classifier, `fc.*` or `classifier.*`, is
-      skipped on purpose),
+      skipped on purpose, and for mmseg MobileNetV2's `features.18`),
     - when two source keys map to one target key,
     - when a key of the target backbone is left unfilled, or a converted key is unknown to it
       (`expected_keys`, from the real target model),
@@ -93,11 +97,51 @@ def _detectron2_mobilenet_v2(key: str) -> str | None:
     return key if key.startswith("features.") else None
 
 
+_MBV2_BLOCK = re.compile(r"features\.(\d+)\.(.+)")
+# torchvision features[i] -> mmseg MobileNetV2 layer<k>.<j> (blocks 1..17; block 0 is conv1)
+_MMSEG_MBV2_LAYERS = {}
+for _layer, _count in enumerate((1, 2, 3, 4, 3, 3, 1), start=1):
+    for _j in range(_count):
+        _MMSEG_MBV2_LAYERS[len(_MMSEG_MBV2_LAYERS) + 1] = f"layer{_layer}.{_j}"
+
+
+def _mmseg_mobilenet_v2(key: str) -> str | None:
+    """torchvision's InvertedResidual `conv` holds [ConvNormAct (expand), ConvNormAct (dw),
+    Conv2d, BatchNorm2d]; mmseg's holds ConvModules (`.conv`, `.bn`): [expand, dw, project]."""
+    if key.startswith("classifier.") or key.startswith("features.18."):
+        return SKIP  # the classifier and the 1x1 conv to 1280 channels that feeds it
+    match = _MBV2_BLOCK.fullmatch(key)
+    if not match:
+        return None
+    index, rest = int(match[1]), match[2]
+    if index == 0:  # the stem: Conv2dNormActivation -> ConvModule
+        m = re.fullmatch(r"0\.(.+)", rest) or re.fullmatch(r"1\.(.+)", rest)
+        return f"conv1.{'conv' if rest.startswith('0.') else 'bn'}.{m[1]}" if m else None
+    if index not in _MMSEG_MBV2_LAYERS:
+        return None
+    prefix = _MMSEG_MBV2_LAYERS[index] + ".conv."
+    expand = index != 1  # features[1] has expand_ratio 1: no expansion convolution
+    m = re.fullmatch(r"conv\.(\d)\.?(\d)?\.?(.*)", rest)
+    if not m:
+        return None
+    position, inner, tail = int(m[1]), m[2], m[3]
+    if inner is not None:  # ConvNormAct: .0 conv, .1 bn
+        return f"{prefix}{position}.{'conv' if inner == '0' else 'bn'}.{tail}"
+    project = 2 if expand else 1  # the projection Conv2d, then its BatchNorm2d
+    if position == project:
+        return f"{prefix}{project}.conv.{tail}"
+    if position == project + 1:
+        return f"{prefix}{project}.bn.{tail}"
+    return None
+
+
 RULES: dict[tuple[str, str], Callable[[str], str | None]] = {
     ("torchvision", "resnet"): _torchvision_resnet,
     ("torchvision", "mobilenet_v2"): _torchvision_mobilenet_v2,
     ("detectron2", "resnet"): _detectron2_resnet,
     ("detectron2", "mobilenet_v2"): _detectron2_mobilenet_v2,
+    ("mmseg", "resnet"): _torchvision_resnet,  # mmseg's ResNet(style='pytorch') has its names
+    ("mmseg", "mobilenet_v2"): _mmseg_mobilenet_v2,
 }
 
 
@@ -177,9 +221,11 @@ def save_detectron2(converted: Converted, path: str | os.PathLike, author: str) 
 
 
 # ----------------------------------------------------------------------------------- fidelity
-def torchvision_features(model: torch.nn.Module, arch: str, x: Tensor) -> list[Tensor]:
-    """The source network's feature maps, in the order the detection backbones expose them:
-    ResNet layer1..layer4; MobileNetV2 after features[3], [6], [13] and [18]."""
+def torchvision_features(model: torch.nn.Module, arch: str, x: Tensor,
+                         mobilenet_ends: tuple[int, ...] = (3, 6, 13, 18)) -> list[Tensor]:
+    """The source network's feature maps, in the order the backbones expose them: ResNet
+    layer1..layer4; MobileNetV2 after features[3], [6], [13] and [18] (mmseg's MobileNetV2
+    ends at [17])."""
     if family(arch) == "resnet":
         x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
         outs = []
@@ -190,8 +236,10 @@ def torchvision_features(model: torch.nn.Module, arch: str, x: Tensor) -> list[T
     outs = []
     for i, block in enumerate(model.features):
         x = block(x)
-        if i in (3, 6, 13, 18):
+        if i in mobilenet_ends:
             outs.append(x)
+        if i == max(mobilenet_ends):
+            break
     return outs
 
 

@@ -1,0 +1,203 @@
+"""The mmsegmentation backend: mmcv's compiled ops, conversion fidelity, configs, end-to-end
+runs on the generated scenes, kill-and-resume, and the bad-input messages."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kdcl_common import artifact
+from transfer import cli, convert
+from transfer.backends.mmseg import launcher
+
+from .conftest import REPO, make_backbone, tiny_mmseg_overrides
+
+MMSEG = REPO / "transfer" / "configs" / "mmseg"
+EXPERIMENTS = sorted(MMSEG.glob("*.py"))
+
+
+def test_mmcv_compiled_ops_load_and_run():
+    from mmcv.ops import RoIAlign, nms
+
+    boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]], dtype=torch.float32)
+    _, keep = nms(boxes, torch.tensor([0.9, 0.8, 0.7]), iou_threshold=0.5)
+    assert keep.tolist() == [0, 2]
+    features = torch.arange(16.0).view(1, 1, 4, 4)
+    pooled = RoIAlign((2, 2), 1.0, 0)(features, torch.tensor([[0, 0, 0, 4, 4]], dtype=torch.float32))
+    assert pooled.shape == (1, 1, 2, 2)
+
+
+@pytest.mark.parametrize("config,arch,kwargs", [
+    ("sem-fpn_r18_80k_syncbn_coco-stuff164k-512x512", "resnet18", {}),
+    ("upernet_r50_80k_syncbn_coco-stuff164k-512x512", "resnet50", {}),
+    ("sem-fpn_mbv2_80k_syncbn_coco-stuff164k-512x512", "mobilenet_v2", {}),
+    ("upernet_mbv2_80k_syncbn_coco-stuff164k-512x512", "mobilenet_v2", {"width_mult": 0.5}),
+])
+def test_mmseg_backbone_gives_the_same_feature_maps(tmp_path, config, arch, kwargs):
+    from mmseg.registry import MODELS
+
+    torch.manual_seed(0)
+    path = make_backbone(tmp_path, arch, **kwargs)
+    source, meta = artifact.load(path)
+    with torch.no_grad():
+        source.train()(torch.randn(4, 3, 64, 64))  # non-trivial BatchNorm statistics
+    source.eval()
+    cfg = launcher.load(MMSEG / f"{config}.py", [])
+    channels = launcher.fit_backbone(cfg, meta, path)
+    target = MODELS.build(cfg.model.backbone)
+    converted = convert.convert(source.state_dict(), arch, "mmseg", target.state_dict().keys())
+    if arch == "mobilenet_v2":
+        assert {k.split(".")[0] + "." + k.split(".")[1] for k in converted.skipped} == {
+            "features.18", "classifier.1"}
+    target.load_state_dict(converted.state, strict=True)
+    target.eval()
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        ours = list(target(x))
+        theirs = convert.torchvision_features(source, arch, x, mobilenet_ends=(3, 6, 13, 17))
+    assert [m.shape[1] for m in ours] == channels
+    assert convert.max_relative_error(theirs, ours) < 1e-5
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_configs_load_with_mmengine(path):
+    cfg = launcher.load(path, [])
+    assert cfg.kdcl.protocol in path.stem
+    backbone = cfg.model.backbone
+    assert backbone.type == ("MobileNetV2" if "_mbv2_" in path.name else "ResNet")
+    if backbone.type == "ResNet":
+        assert backbone.style == "pytorch" and not backbone.get("deep_stem", False)
+        assert f"_r{backbone.depth}_" in path.name
+    head = {"sem-fpn": "FPNHead", "upernet": "UPerHead"}[path.stem.split("_")[0]]
+    assert cfg.model.decode_head.type == head
+    assert cfg.model.pretrained is None and backbone.init_cfg is None  # weights come from --backbone
+
+
+def test_unknown_override_names_the_nearest_key():
+    from kdcl_common import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown config key 'train_cfg.max_iter'.*max_iters"):
+        launcher.load(EXPERIMENTS[0], ["train_cfg.max_iter=3"])
+
+
+def run(config, backbone, root, out, *extra, flags=()):
+    return cli.main([str(MMSEG / f"{config}.py"), "--backbone", str(backbone),
+                     *tiny_mmseg_overrides(root, out), *extra, *flags])
+
+
+@pytest.fixture(scope="module")
+def backbones(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("backbones")
+    return {"resnet18": make_backbone(folder, "resnet18"),
+            "mobilenet_v2_x0.5": make_backbone(folder, "mobilenet_v2", width_mult=0.5)}
+
+
+@pytest.mark.parametrize("config,backbone", [("sem-fpn_r18_smoke", "resnet18"),
+                                             ("upernet_mbv2_smoke", "mobilenet_v2_x0.5")])
+def test_trains_evaluates_and_records_miou(tmp_path, tiny_coco, backbones, config, backbone):
+    with pytest.warns(UserWarning, match="SyncBN has no effect on the CPU"):
+        assert run(config, backbones[backbone], tiny_coco, tmp_path) == 0
+    (record,) = [json.loads(l) for l in (tmp_path / "records.jsonl").read_text().splitlines()]
+    assert record["task"] == "semantic_segmentation" and record["backend"] == "mmseg"
+    assert record["backbone"] == backbone and record["classes"] == 7
+    assert set(record["metrics"]) == {"mIoU", "mAcc", "aAcc"}
+    assert all(isinstance(v, float) and 0 <= v <= 100 for v in record["metrics"].values())
+    run_dir = Path(record["run_dir"])
+    assert (run_dir / "result.json").is_file() and (run_dir / "iter_4.pth").is_file()
+    # a finished run: refused without --resume, a no-op with it; --eval-only scores it again
+    assert run(config, backbones[backbone], tiny_coco, tmp_path) == 2
+    assert run(config, backbones[backbone], tiny_coco, tmp_path, flags=["--resume"]) == 0
+    assert run(config, backbones[backbone], tiny_coco, tmp_path, flags=["--eval-only"]) == 0
+    again = json.loads((run_dir / "eval-val.json").read_text())["metrics"]
+    assert again["mIoU"] == pytest.approx(record["metrics"]["mIoU"], abs=0.01)
+
+
+def test_kill_and_resume(tmp_path, tiny_coco, backbones):
+    """SIGKILL a run after its first checkpoint, then resume it: mmengine's own checkpoint must
+    load with torch.load(weights_only=True) and training continue from its iteration."""
+    args = [sys.executable, "-m", "transfer", str(MMSEG / "sem-fpn_r18_smoke.py"), "--backbone",
+            str(backbones["resnet18"]),
+            *tiny_mmseg_overrides(tiny_coco, tmp_path, iters=40,
+                                  **{"default_hooks.checkpoint.interval": 4})]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 180
+    while not list((tmp_path / "runs").rglob("iter_4.pth")):
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (checkpoint,) = list((tmp_path / "runs").rglob("iter_4.pth"))
+    assert not (checkpoint.parent / "result.json").exists(), "finished before it was killed"
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert state["meta"]["iter"] == 4
+    done = subprocess.run(args + ["--resume"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Auto resumed from the latest checkpoint" in done.stdout + done.stderr
+    assert (checkpoint.parent / "result.json").is_file()
+
+
+def copy_scenes(tiny_coco, tmp_path) -> Path:
+    root = tmp_path / "scenes"
+    shutil.copytree(tiny_coco, root, symlinks=True)
+    return root
+
+
+def test_label_values_outside_the_classes(tmp_path, tiny_coco, backbones, capsys):
+    root = copy_scenes(tiny_coco, tmp_path)
+    victim = sorted((root / "annotations" / "train2017").glob("*.png"))[0]
+    label = np.array(Image.open(victim))
+    label[:4, :4] = 9
+    Image.fromarray(label).save(victim)
+    code = run("sem-fpn_r18_smoke", backbones["resnet18"], root, tmp_path,
+               "train_dataloader.sampler.shuffle=False")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"{victim.name} holds label values [9] outside the 7 classes" in err
+
+
+def test_images_and_labels_must_pair_up(tmp_path, tiny_coco, backbones, capsys):
+    root = copy_scenes(tiny_coco, tmp_path)
+    sorted((root / "annotations" / "val2017").glob("*.png"))[0].unlink()
+    assert run("sem-fpn_r18_smoke", backbones["resnet18"], root, tmp_path) == 2
+    assert "images and label maps do not pair up" in capsys.readouterr().err
+    shutil.rmtree(root / "annotations" / "val2017")
+    assert run("sem-fpn_r18_smoke", backbones["resnet18"], root, tmp_path) == 2
+    assert "annotations/val2017 does not exist" in capsys.readouterr().err
+
+
+def test_a_label_of_another_size_is_named(tmp_path, tiny_coco, backbones, capsys):
+    root = copy_scenes(tiny_coco, tmp_path)
+    victim = sorted((root / "annotations" / "val2017").glob("*.png"))[0]
+    Image.fromarray(np.zeros((7, 9), dtype=np.uint8)).save(victim)
+    assert run("sem-fpn_r18_smoke", backbones["resnet18"], root, tmp_path) == 2
+    assert f"{victim.name} is 7x9 but its image" in capsys.readouterr().err
+
+
+def test_a_backbone_that_does_not_fit(tmp_path, tiny_coco, capsys):
+    r50 = make_backbone(tmp_path, "resnet50")
+    assert run("sem-fpn_r18_smoke", r50, tiny_coco, tmp_path) == 2
+    assert "is a resnet50 backbone, but the config builds a resnet18" in capsys.readouterr().err
+    cifar = make_backbone(tmp_path, "cifar_resnet20")
+    assert run("sem-fpn_r18_smoke", cifar, tiny_coco, tmp_path) == 2
+    assert "is a cifar_resnet20 backbone" in capsys.readouterr().err
+
+
+@pytest.mark.distributed
+def test_two_ranks_with_torchrun(tmp_path, tiny_coco, backbones):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "transfer", str(MMSEG / "sem-fpn_r18_smoke.py"), "--backbone",
+           str(backbones["resnet18"]), *tiny_mmseg_overrides(tiny_coco, tmp_path)]
+    done = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    (record,) = [json.loads(l) for l in (tmp_path / "records.jsonl").read_text().splitlines()]
+    assert record["world_size"] == 2 and record["metrics"]["mIoU"] is not None

@@ -1,0 +1,117 @@
+"""What the mmseg backend adds to mmseg/mmengine, registered the OpenMMLab way:
+
+- `CheckSegLabels`, a transform that stops on a label map whose values fall outside the classes
+  (other than the ignore index) or whose size differs from its image's, naming the file;
+- `KdclMetricsHook`, which keeps the last validation metrics for the result record;
+- `PlainCheckpointHook`, which keeps mmengine's checkpoints loadable with torch's default
+  weights_only=True (torch >= 2.6), so resuming needs no unsafe unpickling;
+- atomic local writes for mmengine's file backend, so checkpoints are never half written.
+"""
+from __future__ import annotations
+
+import numpy as np
+from mmcv.transforms import BaseTransform
+from mmengine.fileio.backends import LocalBackend, register_backend
+from mmengine.hooks import Hook
+from mmseg.registry import HOOKS, TRANSFORMS
+
+from kdcl_common import DataError
+from kdcl_common.io import atomic_write_bytes
+
+
+@TRANSFORMS.register_module()
+class CheckSegLabels(BaseTransform):
+    """Place right after LoadAnnotations: the label map must have its image's original size and
+    values in [0, num_classes) or the ignore index."""
+
+    def __init__(self, num_classes: int, ignore_index: int = 255):
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+
+    def transform(self, results: dict) -> dict:
+        seg = results["gt_seg_map"]
+        if tuple(seg.shape[:2]) != tuple(results["ori_shape"][:2]):
+            raise DataError(f"{results['seg_map_path']} is {seg.shape[0]}x{seg.shape[1]} but its "
+                            f"image {results['img_path']} is {results['ori_shape'][0]}x"
+                            f"{results['ori_shape'][1]}: the image and label do not match")
+        bad = (seg >= self.num_classes) & (seg != self.ignore_index)
+        if bad.any():
+            values = np.unique(seg[bad])[:10].tolist()
+            raise DataError(f"{results['seg_map_path']} holds label values {values} outside the "
+                            f"{self.num_classes} classes (0..{self.num_classes - 1}, and "
+                            f"{self.ignore_index} to ignore): are these *_labelTrainIds.png maps "
+                            f"of this dataset?")
+        return results
+
+
+@HOOKS.register_module()
+class KdclMetricsHook(Hook):
+    """Keeps the metrics of the last validation (mIoU, mAcc, aAcc) for the record."""
+
+    priority = "LOWEST"
+
+    def __init__(self):
+        self.metrics: dict = {}
+
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        self.metrics = dict(metrics or {})
+
+
+def _plain(value):
+    """numpy scalars and arrays -> Python numbers and lists, recursively."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return type(value)((k, _plain(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+@HOOKS.register_module()
+class PlainCheckpointHook(Hook):
+    """mmengine 0.10 stores its log buffers in checkpoints as HistoryBuffer objects (numpy
+    arrays, and bound methods pickled through `getattr`), which torch.load(weights_only=True),
+    torch's default since 2.6, refuses; allowing them would mean allowing `getattr`. This hook
+    stores them as plain lists and numbers and rebuilds the buffers when a checkpoint is loaded,
+    so a run resumes with weights_only on."""
+
+    priority = "LOWEST"
+    TAG = "kdcl_history_buffer"
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        hub = checkpoint.get("message_hub")
+        if hub:
+            hub["log_scalars"] = {
+                key: {self.TAG: True, "log": buffer._log_history.tolist(),
+                      "count": buffer._count_history.tolist(), "max_length": buffer.max_length}
+                for key, buffer in hub["log_scalars"].items()}
+            hub["runtime_info"] = _plain(hub["runtime_info"])
+        checkpoint["meta"] = _plain(checkpoint.get("meta", {}))
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        from mmengine.logging import HistoryBuffer
+
+        hub = checkpoint.get("message_hub") or {}
+        for key, value in list(hub.get("log_scalars", {}).items()):
+            if isinstance(value, dict) and value.get(self.TAG):
+                hub["log_scalars"][key] = HistoryBuffer(value["log"], value["count"],
+                                                        value["max_length"])
+
+
+class AtomicLocalBackend(LocalBackend):
+    """mmengine's local file backend, writing through a temporary file and a rename."""
+
+    def put(self, obj: bytes, filepath) -> None:
+        atomic_write_bytes(filepath, obj)
+
+    def put_text(self, obj: str, filepath, encoding: str = "utf-8") -> None:
+        atomic_write_bytes(filepath, obj.encode(encoding))
+
+
+def use_atomic_local_writes() -> None:
+    import mmengine.fileio.io as fileio
+
+    register_backend("local", AtomicLocalBackend, force=True, prefixes="")
+    fileio.backend_instances.clear()  # drop cached instances of the plain backend

@@ -6,10 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
 from . import ConfigError, KdclError
-from .config import config_diff
+from .config import config_diff, load_yaml
 from .io import atomic_torch_save
 
 
@@ -47,7 +46,7 @@ class RunCheckpoints:
 
     def check_finished_config(self, run_dir: Path, config: dict) -> None:
         """A finished run is only 'resumed' (a no-op) with the config it was run with."""
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        saved = load_yaml((run_dir / "config.yaml").read_text())
         self._check(run_dir, saved, config)
 
     def _check(self, run_dir: Path, saved: dict, config: dict) -> None:

@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,6 +41,23 @@ def _copy(value: Any) -> Any:
 
 
 # --------------------------------------------------------------------------------------- loading
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. YAML 1.1 also reads on/off/yes/no as booleans, which
+    turns `amp: off` into False."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool",
+                              re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
 def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     """Read a YAML config and the `_base_` files it names, merged (bases first)."""
     path = Path(path).resolve()
@@ -49,7 +67,7 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
         chain = " -> ".join(str(p) for p in (*_seen, path))
         raise ConfigError(f"circular _base_ chain: {chain}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
@@ -79,7 +97,7 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=0.1)")
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = load_yaml(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
         parsed.append((key.strip(), value))

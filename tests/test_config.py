@@ -93,4 +93,15 @@ def test_every_shipped_config_loads(monkeypatch):
     assert len(configs) >= 9
     for path in configs:
         cfg = config.load(path)
-        assert cfg.students and cfg.preset in ("smoke", "cifar", "paper"), path
+        assert cfg.students and cfg.preset in ("smoke", "cifar", "paper", "custom"), path
+        assert (cfg.preset == "custom") == (path.parent.name == "bench"), path
+
+
+def test_yaml_reads_only_true_and_false_as_booleans():
+    from kdcl_common.config import load_yaml, parse_overrides
+
+    # YAML 1.1 would read off/on/yes/no as booleans and break `train.amp: off`
+    assert load_yaml("a: off\nb: yes\nc: true\nd: False") == {"a": "off", "b": "yes", "c": True,
+                                                             "d": False}
+    assert parse_overrides(["train.amp=off", "x=true", "lr=1.0e-4"]) == [
+        ("train.amp", "off"), ("x", True), ("lr", 1e-4)]

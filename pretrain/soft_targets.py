@@ -90,6 +90,34 @@ def _step_grid(device: torch.device) -> Tensor:
     return torch.tensor([2.0 ** -k for k in range(16)] + [0.0], device=device)
 
 
+@lru_cache(maxsize=16)
+def _unit_grid(points: int, device: torch.device) -> Tensor:
+    return torch.linspace(0, 1, points, device=device)
+
+
+def _pair_weights(z: Tensor, z_y: Tensor, rounds: int = 4, points: int = 17) -> Tensor:
+    """Two students, the common case: f(a) = CE(a z_1 + (1 - a) z_2, y) is convex in a in [0, 1]
+    with derivative g(a) = p(a).d - d_y (d = z_1 - z_2). Each round evaluates g on a grid of
+    `points` over the bracket of the minimum and keeps the cell where g changes sign (16x
+    narrower); a secant step on g inside the last cell (width 16^-4) finishes. About 40 kernels
+    in all, against 600 for the general solver: it never shows in a GPU step's profile."""
+    d, d_y, base = z[:, 0] - z[:, 1], z_y[:, 0] - z_y[:, 1], z[:, 1]
+    lo, width = torch.zeros_like(d_y)[:, None], torch.ones_like(d_y)[:, None]
+    unit = _unit_grid(points, z.device)
+    for _ in range(rounds):
+        grid = lo + width * unit  # [B, P]
+        p = torch.softmax(base[:, None] + grid[..., None] * d[:, None], -1)  # [B, P, C]
+        g = torch.einsum("bpc,bc->bp", p, d) - d_y[:, None]
+        k = (g < 0).sum(1, keepdim=True)  # g increases: the minimum is in cell [k - 1, k]
+        left, right = (k - 1).clamp(0, points - 1), k.clamp(max=points - 1)
+        lo, hi = grid.gather(1, left), grid.gather(1, right)
+        g_lo, g_hi = g.gather(1, left), g.gather(1, right)
+        width = hi - lo
+    step = torch.where(g_hi > g_lo, -g_lo / (g_hi - g_lo), torch.zeros_like(g_lo)).clamp(0, 1)
+    a = (lo + width * step).squeeze(1)
+    return torch.stack([a, 1 - a], 1)
+
+
 @torch.no_grad()
 def linear_weights(logits: Tensor, labels: Tensor, iterations: int = 16) -> Tensor:
     """Eq. 5, per sample: alpha* = argmin_{alpha in simplex} CE(sum_i alpha_i z_i, y) -> [B, S].
@@ -105,11 +133,14 @@ def linear_weights(logits: Tensor, labels: Tensor, iterations: int = 16) -> Tens
     It starts at Naive's choice, so CE(linear) <= CE(naive). 16 iterations reach the optimum
     within 2e-5 in CE (float32 round-off) for 2-5 students with logits of standard deviation up
     to 50, checked against SciPy's SLSQP in tests/test_soft_targets.py. The iteration count is
-    fixed: no data-dependent stopping, hence no host-device synchronisation.
+    fixed: no data-dependent stopping, hence no host-device synchronisation. Two students (the
+    paper's usual groups) take the faster one-dimensional path `_pair_weights`.
     """
     S, B, _ = _check(logits, labels)
     z = logits.float().transpose(0, 1)  # [B, S, C]
     z_y = z.gather(2, labels.view(B, 1, 1).expand(B, S, 1)).squeeze(2)  # [B, S]
+    if S == 2:
+        return _pair_weights(z, z_y)
     alpha = F.one_hot(cross_entropy(logits, labels).argmin(0), S).to(z.dtype)
     if S == 1:
         return alpha

@@ -80,6 +80,11 @@ class TrainConfig:
     sync_bn: bool = option(False, help="SyncBatchNorm across ranks (GPU, several processes; "
                            "falls back to BatchNorm with a warning elsewhere)")
     deterministic: bool = option(False, help="deterministic algorithms (bit-reproducible on CPU)")
+    compile: bool = option(False, help="torch.compile the students' training forward and "
+                           "backward (minutes of compilation first; pays off on long GPU runs)")
+    fused_optimizer: bool = option(True, help="the fused SGD kernel where the device has one "
+                                   "(CUDA, CPU), else the foreach one: one kernel for all "
+                                   "parameters instead of one per tensor")
     log_interval: int = option(50, help="steps between training-metric logs (and NaN checks)")
 
 
@@ -105,7 +110,8 @@ class PretrainConfig:
 # Keys that may change when a run is resumed; any other difference is refused.
 CHECKPOINTS = RunCheckpoints(format="kdcl-bench/pretrain-checkpoint-v1",
                              finished_marker="export/manifest.json",
-                             resumable_keys=("data.workers", "train.log_interval"))
+                             resumable_keys=("data.workers", "train.log_interval", "train.compile",
+                                             "train.fused_optimizer"))
 
 
 def load(path: str | Path, overrides: list[str] = ()) -> PretrainConfig:

@@ -285,6 +285,42 @@ def run(cfg: PretrainConfig, config_file: str, resume: bool = False) -> Path:
         kdist.shutdown()
 
 
+def make_optimizer(cfg: PretrainConfig, params: list) -> torch.optim.SGD:
+    """SGD over every student's parameters: one fused kernel where the device has one (torch
+    refuses fused=True elsewhere), else the multi-tensor one. Both update every tensor in a few
+    kernels; the per-tensor loop, torch's default on the CPU, is 6x slower for a ResNet-18."""
+    kwargs = dict(lr=cfg.optim.lr, momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov,
+                  weight_decay=cfg.optim.weight_decay)
+    if cfg.train.fused_optimizer:
+        try:
+            return torch.optim.SGD(params, fused=True, **kwargs)
+        except RuntimeError:
+            pass
+    return torch.optim.SGD(params, foreach=True, **kwargs)
+
+
+def build_trainer(cfg: PretrainConfig, ctx, data: data_loader.Data, names: list[str], logger,
+                  writer: MetricsWriter) -> Trainer:
+    """Students, optimiser, mixed precision and method for `cfg` on `data` (no files written)."""
+    modules, wrapped = _build_students(cfg, data.num_classes, ctx, logger)
+    if cfg.train.compile:
+        wrapped = [torch.compile(m) for m in wrapped]  # shares the parameters of `modules`
+    amp_dtype = _amp_dtype(cfg, ctx.device, logger)
+    optimizer = make_optimizer(cfg, [p for m in modules for p in m.parameters()])
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp_dtype == torch.float16)
+    autocast = make_autocast(ctx.device, amp_dtype)
+    method = methods.build(cfg.method, len(modules), ctx.device, data.num_classes, data.mean,
+                           data.std, autocast)
+    if isinstance(method, methods.KD) and cfg.train.channels_last:
+        method.teacher.to(memory_format=torch.channels_last)
+    std = torch.tensor(data.std, device=ctx.device).view(1, 3, 1, 1)
+    mean = torch.tensor(data.mean, device=ctx.device).view(1, 3, 1, 1)
+    return Trainer(cfg, ctx, names, modules, wrapped, method, optimizer, scaler, data, logger,
+                   writer, autocast, 1.0 / (255.0 * std), -mean / std,
+                   data_loader.CorruptImageTracker(data.train_size + len(data.held_out_indices),
+                                                   cfg.data.max_corrupt_fraction, logger))
+
+
 def _run(cfg: PretrainConfig, config_file: str, resume: bool, ctx) -> Path:
     run_dir = cfg.run_dir
     action = CHECKPOINTS.check_run_dir(run_dir, resume)
@@ -311,24 +347,10 @@ def _run(cfg: PretrainConfig, config_file: str, resume: bool, ctx) -> Path:
         src = data.train.dataset.source
         atomic_write_text(run_dir / "held_out.txt",
                           "\n".join(src.describe(int(i)) for i in data.held_out_indices) + "\n")
-    modules, wrapped = _build_students(cfg, data.num_classes, ctx, logger)
-    amp_dtype = _amp_dtype(cfg, ctx.device, logger)
-    params = [p for m in modules for p in m.parameters()]
-    optimizer = torch.optim.SGD(params, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                                nesterov=cfg.optim.nesterov, weight_decay=cfg.optim.weight_decay)
-    scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp_dtype == torch.float16)
-    autocast = make_autocast(ctx.device, amp_dtype)
-    method = methods.build(cfg.method, len(modules), ctx.device, data.num_classes, data.mean,
-                           data.std, autocast)
-    if isinstance(method, methods.KD) and cfg.train.channels_last:
-        method.teacher.to(memory_format=torch.channels_last)
-    std = torch.tensor(data.std, device=ctx.device).view(1, 3, 1, 1)
-    mean = torch.tensor(data.mean, device=ctx.device).view(1, 3, 1, 1)
-    trainer = Trainer(cfg, ctx, names, modules, wrapped, method, optimizer, scaler, data, logger,
-                      MetricsWriter(run_dir, enabled=ctx.is_main), autocast,
-                      1.0 / (255.0 * std), -mean / std,
-                      data_loader.CorruptImageTracker(data.train_size + len(data.held_out_indices),
-                                                      cfg.data.max_corrupt_fraction, logger))
+    trainer = build_trainer(cfg, ctx, data, names, logger,
+                            MetricsWriter(run_dir, enabled=ctx.is_main))
+    modules, optimizer, scaler, method = (trainer.modules, trainer.optimizer, trainer.scaler,
+                                          trainer.method)
 
     start_epoch, history, wall = 0, [], 0.0
     if action == "resume":

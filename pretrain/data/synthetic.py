@@ -21,6 +21,7 @@ import math
 import os
 import shutil
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,13 @@ def render(label: int, size: int, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8), "RGB")
 
 
+def _write_class(folder: Path, key: list[int], count: int, label: int, image_size: int) -> None:
+    folder.mkdir(parents=True)
+    for n in range(count):
+        rng = np.random.default_rng([*key, n])
+        render(label, image_size, rng).save(folder / f"{n:05d}.jpg", quality=90)
+
+
 def generate(root: str | os.PathLike, classes: int = 10, train_per_class: int = 120,
              val_per_class: int = 30, image_size: int = 64, seed: int = 0) -> Path:
     """Write `root/{train,val}/<class>/<n>.jpg` unless the same set is already there."""
@@ -77,15 +85,22 @@ def generate(root: str | os.PathLike, classes: int = 10, train_per_class: int = 
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    # One task per (split, class): every image has its own seed, so the set does not depend on
+    # the number of processes. Large sets (ImageNet-size images for benchmarks) use every core.
+    tasks = [(tmp / split / "{:02d}_{}_{}".format(label, *CLASSES[label]), [seed, split_id, label],
+              per_class, label, image_size)
+             for split_id, (split, per_class) in enumerate((("train", train_per_class),
+                                                            ("val", val_per_class)))
+             for label in range(classes)]
+    workers = min(os.cpu_count() or 1, len(tasks)) if image_size * image_size * len(tasks) \
+        * max(train_per_class, 1) > 2**26 else 1
     try:
-        for split_id, (split, per_class) in enumerate((("train", train_per_class),
-                                                       ("val", val_per_class))):
-            for label in range(classes):
-                folder = tmp / split / "{:02d}_{}_{}".format(label, *CLASSES[label])
-                folder.mkdir(parents=True)
-                for n in range(per_class):
-                    rng = np.random.default_rng([seed, split_id, label, n])
-                    render(label, image_size, rng).save(folder / f"{n:05d}.jpg", quality=90)
+        if workers > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                list(pool.map(_write_class, *zip(*tasks)))
+        else:
+            for task in tasks:
+                _write_class(*task)
         (tmp / MARKER).write_text(json.dumps(params))
         try:
             os.rename(tmp, root)

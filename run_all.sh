@@ -1,76 +1,30 @@
 #!/usr/bin/env bash
-# The whole chain: set up the environment if it is missing, then run every stage of a preset.
-# The transfer and results stages are not built yet: for now the chain is pre-training, which
-# trains every config of the preset and exports its students to runs/pretrain/<config>/seed<n>/.
+# The whole chain: pre-training (independent baselines, then the KDCL variants), export, transfer
+# (detection, instance and semantic segmentation on every installed backend), then the tables.
+# Sets up the environment first if it is missing (scripts/setup.sh), then runs `python -m chain`.
 #
-#   bash run_all.sh                          # smoke: generated data, CPU, about 10 minutes
-#   CIFAR100_ROOT=/data/cifar-100-python bash run_all.sh --preset cifar
-#   IMAGENET_ROOT=/data/imagenet NPROC_PER_NODE=8 bash run_all.sh --preset paper
+#   bash run_all.sh                        # smoke: generated data, CPU, about 15 minutes
+#   bash run_all.sh --dry-run              # the plan, with what is already done
+#   bash run_all.sh --only pretrain        # a subset (a stage, a backend, part of a step's name)
+#   CIFAR100_ROOT=/data/cifar-100-python bash run_all.sh --preset cifar     # 5 seeds
+#   IMAGENET_ROOT=/data/imagenet COCO_ROOT=/data/coco COCO_STUFF_ROOT=/data/coco_stuff164k \
+#     NPROC_PER_NODE=8 bash run_all.sh --preset paper
 #
-# Options: --preset smoke|cifar|paper, --seeds "0 1 2 3 4" (default: 0; cifar: 0-4),
-#          --dry-run (print the plan and exit).
-# Environment: NPROC_PER_NODE (processes per node, default 1), TORCHRUN_ARGS (extra torchrun
-#   options for several nodes, e.g. "--nnodes 2 --rdzv_backend c10d --rdzv_endpoint host:29500").
-# Runs are resumed with --resume, and finished runs are skipped: a killed chain continues
-# where it stopped when started again.
+# GPUs: NPROC_PER_NODE (torchrun --nproc_per_node); nodes: TORCHRUN_ARGS (torchrun rendezvous
+# options) and D2_LAUNCH_ARGS (Detectron2's launcher); scripts/slurm_run_all.sbatch for SLURM.
+# Finished runs are skipped and unfinished ones resume: run the same command again after a crash.
+# All options: bash run_all.sh --help
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+venv=${KDCL_VENV:-$root/.venv}
 cd "$root"
 
-preset=smoke seeds="" dry_run=0
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --preset) preset=$2; shift 2 ;;
-    --seeds) seeds=$2; shift 2 ;;
-    --dry-run) dry_run=1; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
-    *) echo "run_all.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
-  esac
+# The plan and the help need no environment: print them with any Python 3.9+.
+for arg in "$@"; do
+  if [[ "$arg" == --dry-run || "$arg" == -h || "$arg" == --help ]] && [ ! -x "$venv/bin/python" ]; then
+    echo "run_all: no environment yet, so the plan leaves out backends that need it" >&2
+    exec python3 -m chain "$@"
+  fi
 done
-
-case "$preset" in
-  smoke) folder=smoke; seeds=${seeds:-0} ;;
-  cifar) folder=cifar; seeds=${seeds:-"0 1 2 3 4"}; need=CIFAR100_ROOT ;;
-  paper) folder=imagenet; seeds=${seeds:-0}; need=IMAGENET_ROOT ;;
-  *) echo "run_all.sh: unknown preset '$preset' (smoke, cifar or paper)" >&2; exit 2 ;;
-esac
-# Every config of the preset; independent runs first (the KD baselines use their exports).
-mapfile -t configs < <(find "pretrain/configs/$folder" -name '*.yaml' ! -name '_*' \
-  | awk '{ rank = /independent/ ? 0 : (/\/kd/ && !/kdcl/) ? 2 : 1; print rank "\t" $0 }' \
-  | sort | cut -f2)
-
-nproc=${NPROC_PER_NODE:-1}
-if [ "$nproc" -gt 1 ] || [ -n "${TORCHRUN_ARGS:-}" ]; then
-  # shellcheck disable=SC2206
-  launch=(torchrun ${TORCHRUN_ARGS:-} --nproc_per_node "$nproc" -m pretrain)
-else
-  launch=(python -m pretrain)
-fi
-
-total=$(( ${#configs[@]} * $(wc -w <<<"$seeds") ))
-echo "run_all: preset $preset, $total pre-training runs (${#configs[@]} configs x seeds $seeds)"
-if [ "$dry_run" = 1 ]; then
-  for seed in $seeds; do for c in "${configs[@]}"; do
-    echo "  ${launch[*]} $c seed=$seed --resume"
-  done; done
-  exit 0
-fi
-
-if [ -n "${need:-}" ] && [ -z "${!need:-}" ]; then
-  echo "run_all.sh: the $preset preset reads its dataset from \$$need; set it, e.g." >&2
-  echo "  $need=/path/to/data bash run_all.sh --preset $preset" >&2
-  exit 2
-fi
-
 bash scripts/setup.sh
-source "${KDCL_VENV:-$root/.venv}/bin/activate"
-n=0 t0=$SECONDS
-for seed in $seeds; do
-  for c in "${configs[@]}"; do
-    n=$((n + 1))
-    echo "[run_all $((SECONDS - t0))s] pretrain $n/$total: $c seed=$seed"
-    "${launch[@]}" "$c" "seed=$seed" --resume
-  done
-done
-echo "[run_all $((SECONDS - t0))s] done: backbones in runs/pretrain/*/seed*/export/," \
-     "records in results/records/pretrain.jsonl"
+exec "$venv/bin/python" -m chain "$@"

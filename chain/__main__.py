@@ -1,0 +1,145 @@
+"""`python -m chain`: the whole chain of a preset (what `bash run_all.sh` calls after set-up).
+
+  python -m chain                               # smoke: generated data, CPU, about 15 minutes
+  python -m chain --dry-run                     # the plan, with what is already done
+  python -m chain --only pretrain               # a subset: stage, backend or part of a label
+  python -m chain --only transfer --only mmseg  # (several --only: any of them)
+  CIFAR100_ROOT=/data/cifar-100-python python -m chain --preset cifar
+  IMAGENET_ROOT=... COCO_ROOT=... COCO_STUFF_ROOT=... NPROC_PER_NODE=8 python -m chain --preset paper
+
+GPUs and nodes: NPROC_PER_NODE is torchrun's --nproc_per_node (default 1: plain python);
+TORCHRUN_ARGS adds torchrun's rendezvous options for several nodes, e.g.
+"--nnodes 2 --node_rank 0 --rdzv_backend c10d --rdzv_endpoint host:29500". Detectron2 uses its
+own launcher: it gets --num-gpus NPROC_PER_NODE, plus D2_LAUNCH_ARGS for several machines
+("--num-machines 2 --machine-rank 0 --dist-url tcp://host:29500").
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import plan
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bash run_all.sh", description="Pre-train, export, transfer and tabulate: every "
+        "stage of a preset, skipping the runs that have finished.",
+        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="smoke", choices=plan.PRESETS)
+    parser.add_argument("--seeds", type=int, nargs="+",
+                        help="pre-training seeds (default 0; cifar: 0 1 2 3 4)")
+    parser.add_argument("--backends", nargs="+", choices=plan.BACKENDS,
+                        help="transfer backends (default: every one installed)")
+    parser.add_argument("--only", action="append", default=[], metavar="WHAT",
+                        help="run only the steps of a stage (pretrain, transfer, results), a "
+                             "backend (torchvision, detectron2, mmseg) or whose label contains "
+                             "WHAT (e.g. kdcl_linear, smoke_mask_rcnn_fpn); repeatable")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    return parser
+
+
+def launcher(step: plan.Step) -> list[str]:
+    """python -m, or torchrun -m with the GPUs/nodes from the environment."""
+    nproc = os.environ.get("NPROC_PER_NODE", "1")
+    extra = shlex.split(os.environ.get("TORCHRUN_ARGS", ""))
+    if step.backend == "detectron2":  # its own launcher spawns the processes
+        return [sys.executable, "-m", *step.args, "--num-gpus", nproc,
+                *shlex.split(os.environ.get("D2_LAUNCH_ARGS", ""))]
+    if step.stage != "results" and (nproc != "1" or extra):
+        return ["torchrun", *extra, "--nproc_per_node", nproc, "-m", *step.args]
+    return [sys.executable, "-m", *step.args]
+
+
+def missing_data(steps: list[plan.Step]) -> list[str]:
+    """One line per dataset variable that a step to run needs and that is unset or wrong."""
+    lines = []
+    for name in sorted({n for s in steps for n in s.needs}):
+        value = os.environ.get(name)
+        users = sorted({s.stage for s in steps if name in s.needs})
+        if not value:
+            lines.append(f"  ${name} is not set ({'/'.join(users)} reads it): "
+                         f"{plan.DATA_VARIABLES[name]}")
+        elif not Path(value).is_dir():
+            lines.append(f"  ${name}={value} is not a folder: it should hold "
+                         f"{plan.DATA_VARIABLES[name]}")
+    return lines
+
+
+def shown(command: list[str]) -> str:
+    return shlex.join(["python" if c == sys.executable else c for c in command])
+
+
+def clock(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    os.chdir(ROOT)
+    seeds = args.seeds or ([0, 1, 2, 3, 4] if args.preset == "cifar" else [0])
+    installed = plan.available_backends()
+    backends = args.backends or [b for b in plan.BACKENDS if installed[b]]
+    absent = [b for b in backends if not installed[b]]
+    steps = plan.select(plan.build(args.preset, seeds, backends), args.only)
+    todo = [s for s in steps if s.done is None or not s.done.is_file()]
+
+    transfers = "" if args.preset == "cifar" else f", backends {', '.join(backends) or 'none'}"
+    print(f"run_all: preset {args.preset}, seeds {' '.join(map(str, seeds))}{transfers}: "
+          f"{len(steps)} steps, {len(steps) - len(todo)} already done")
+    if not installed["detectron2"] and plan.TRANSFER_CONFIGS[args.preset].get("detectron2") \
+            and args.backends is None:
+        print("run_all: Detectron2 is not installed, so its transfer runs are left out; add "
+              "them with `bash scripts/setup.sh --detectron2` (builds it from its git repository)")
+    if args.dry_run:
+        for step in steps:
+            print(f"  [{'todo' if step in todo else 'done'}] {shown(launcher(step))}")
+        return 0
+    if absent:
+        print(f"run_all: backend {', '.join(absent)} is not installed in {sys.executable}; "
+              f"install it (README, Set-up) or leave it out of --backends", file=sys.stderr)
+        return 2
+    problems = missing_data(todo)
+    if problems:
+        print("run_all: the dataset paths are missing:\n" + "\n".join(problems) + "\nSet them, "
+              f"e.g. `IMAGENET_ROOT=/data/imagenet bash run_all.sh --preset {args.preset}`, or "
+              "run a subset with --only (e.g. --only pretrain).", file=sys.stderr)
+        return 2
+
+    start = time.monotonic()
+    for number, step in enumerate(steps, start=1):
+        head = f"[run_all {clock(time.monotonic() - start)}] {number}/{len(steps)} {step.label}"
+        if step not in todo:
+            print(f"{head}: done, skipped")
+            continue
+        if step.backbone is not None and not step.backbone.is_file():
+            print(f"{head}: the backbone {step.backbone} does not exist; run its pre-training "
+                  f"first (bash run_all.sh --preset {args.preset} --only pretrain)",
+                  file=sys.stderr)
+            return 2
+        print(head, flush=True)
+        command = launcher(step)
+        code = subprocess.call(command)
+        if code != 0:
+            print(f"run_all: step {number} failed (exit code {code}):\n  {shown(command)}\n"
+                  "Fix the cause and run the same run_all.sh command again: finished steps are "
+                  "skipped and this one resumes from its last checkpoint.", file=sys.stderr)
+            return code
+        # (on several nodes, another node's rank 0 may still be writing it)
+        if step.done is not None and not step.done.is_file() and not os.environ.get("TORCHRUN_ARGS"):
+            print(f"run_all: warning: step {number} exited cleanly but {step.done} is missing",
+                  file=sys.stderr)
+    print(f"[run_all {clock(time.monotonic() - start)}] finished: tables in results/tables/, "
+          "figures in results/figures/, the run's provenance in results/README.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

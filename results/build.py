@@ -1,0 +1,79 @@
+"""Records -> tables, figures and README, each output folder replaced whole.
+
+Every output folder is built in a temporary folder beside it and swapped in by renames, so a
+crash leaves the previous complete folder (never half of a new one); leftovers of a crash are
+removed by the next build.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+from kdcl_common.io import atomic_write_text
+
+from . import curves, figures, records, render, report, tables
+
+RESULTS = Path("results")  # relative to the working directory, like the stages' records
+
+
+@contextmanager
+def staged(target: Path):
+    """Yield an empty folder beside `target`; when the block succeeds it replaces `target`."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in target.parent.glob(f".{target.name}.*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = tmp.with_name(tmp.name.replace(".new-", ".old-"))
+    if target.exists():
+        os.rename(target, old)
+    # POSIX cannot swap two folders atomically: two renames, the old folder kept until now.
+    os.rename(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _warned(log, fn, *args):
+    """fn(*args), printing the warnings it raised (malformed records, missing run folders)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", records.RecordWarning)
+        result = fn(*args)
+    messages = [str(w.message) for w in caught]
+    for message in messages:
+        log(f"warning: {message}")
+    return result, messages
+
+
+def build(sources: list[Path], out: Path = RESULTS, draw: bool = True, log=print) -> int:
+    """Rebuild `out`/tables, `out`/figures (unless `draw` is False) and `out`/README.md."""
+    data, warned = _warned(log, records.load, sources)
+    if data.empty:
+        log(f"No result records in {', '.join(map(str, sources))}: nothing to tabulate; "
+            "existing tables were left as they are. Run the stages first (bash run_all.sh).")
+        return 0
+    built, pooled = _warned(log, tables.build, data, tables.load_paper())
+    files: dict[str, list[Path]] = {}
+    with staged(out / "tables") as tmp:
+        for table in built:
+            render.write(table, tmp)
+    files["tables"] = sorted((out / "tables").iterdir())
+    if draw:
+        progress, _ = _warned(log, curves.read, data)
+        with staged(out / "figures") as tmp:
+            figures.draw(built, data, progress, tmp)
+    # Without `draw` the previous figures stay and are still listed.
+    files["figures"] = sorted((out / "figures").iterdir()) if (out / "figures").is_dir() else []
+    atomic_write_text(out / "README.md", report.readme(data, built, files, sources,
+                                                               warned + pooled, out))
+    log(f"{len(built)} tables (md, csv, tex) in {out / 'tables'}")
+    log(f"{len(files['figures'])} figures in {out / 'figures'}"
+        + ("" if draw else " (not rebuilt: --no-figures)"))
+    log(f"summary: {out / 'README.md'}")
+    return 0

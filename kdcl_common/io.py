@@ -5,9 +5,10 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -62,3 +63,38 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def generated_folder(root: str | os.PathLike, params: dict, marker: str, what: str,
+                     write: Callable[[Path], None]) -> Path:
+    """`root`, written once by `write(tmp)` into a temporary folder beside it and renamed into
+    place with a marker holding `params`. An existing folder is reused if its marker holds the
+    same params and refused otherwise; a crash leaves no half-written `root`; when several
+    processes race, the first rename wins and the others' identical copies are dropped."""
+    from . import DataError
+
+    root = Path(root)
+    if root.exists():
+        if not (root / marker).is_file():
+            raise DataError(f"{root} exists but is not a generated {what} (no {marker}): "
+                            f"choose another data.root or delete it")
+        existing = json.loads((root / marker).read_text())
+        if existing != params:
+            raise DataError(f"{root} holds a generated {what} with other parameters {existing}; "
+                            f"wanted {params}: delete it or choose another data.root")
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        write(tmp)
+        (tmp / marker).write_text(json.dumps(params))
+        try:
+            os.rename(tmp, root)
+        except OSError:  # another process finished first: theirs is identical
+            if not (root / marker).is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root

@@ -35,7 +35,7 @@ def test_generator_is_deterministic_and_uses_the_imagenet_layout(tmp_path, tiny_
 
 def test_generator_refuses_a_foreign_or_different_folder(tmp_path, tiny_root):
     (tmp_path / "mine").mkdir()
-    with pytest.raises(DataError, match="not a generated set"):
+    with pytest.raises(DataError, match="not a generated classification set"):
         synthetic.generate(tmp_path / "mine")
     with pytest.raises(DataError, match="other parameters"):
         synthetic.generate(tiny_root, **{**TINY_DATA, "classes": 5})

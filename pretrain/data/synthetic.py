@@ -16,11 +16,8 @@ folder then renamed, so a reader never sees half of it.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -28,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from kdcl_common import DataError
+from kdcl_common.io import generated_folder
 from kdcl_common.shapes import SHAPES, gradient, hsv, shape_mask, texture_mask
 
 HUES = {"warm": (-0.08, 0.14), "cool": (0.5, 0.72), "green": (0.25, 0.4)}  # HSV hue ranges
@@ -68,50 +66,29 @@ def _write_class(folder: Path, key: list[int], count: int, label: int, image_siz
 def generate(root: str | os.PathLike, classes: int = 10, train_per_class: int = 120,
              val_per_class: int = 30, image_size: int = 64, seed: int = 0) -> Path:
     """Write `root/{train,val}/<class>/<n>.jpg` unless the same set is already there."""
-    root = Path(root)
     params = {"classes": classes, "train_per_class": train_per_class,
               "val_per_class": val_per_class, "image_size": image_size, "seed": seed}
     if not 2 <= classes <= len(CLASSES):
         raise DataError(f"the synthetic set has 2 to {len(CLASSES)} classes, not {classes}")
-    if root.exists():
-        marker = root / MARKER
-        if not marker.is_file():
-            raise DataError(f"{root} exists but is not a generated set (no {MARKER}): "
-                            f"choose another data.root or delete it")
-        existing = json.loads(marker.read_text())
-        if existing != params:
-            raise DataError(f"{root} holds a generated set with other parameters {existing}; "
-                            f"wanted {params}: delete it or choose another data.root")
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    # One task per (split, class): every image has its own seed, so the set does not depend on
-    # the number of processes. Large sets (ImageNet-size images for benchmarks) use every core.
-    tasks = [(tmp / split / "{:02d}_{}_{}".format(label, *CLASSES[label]), [seed, split_id, label],
-              per_class, label, image_size)
-             for split_id, (split, per_class) in enumerate((("train", train_per_class),
-                                                            ("val", val_per_class)))
-             for label in range(classes)]
-    workers = min(os.cpu_count() or 1, len(tasks)) if image_size * image_size * len(tasks) \
-        * max(train_per_class, 1) > 2**26 else 1
-    try:
+
+    def write(tmp: Path) -> None:
+        # One task per (split, class): every image has its own seed, so the set does not
+        # depend on the number of processes. Large sets (ImageNet-size images) use every core.
+        tasks = [(tmp / split / "{:02d}_{}_{}".format(label, *CLASSES[label]),
+                  [seed, split_id, label], per_class, label, image_size)
+                 for split_id, (split, per_class) in enumerate((("train", train_per_class),
+                                                                ("val", val_per_class)))
+                 for label in range(classes)]
+        pixels = image_size * image_size * len(tasks) * max(train_per_class, 1)
+        workers = min(os.cpu_count() or 1, len(tasks)) if pixels > 2**26 else 1
         if workers > 1:
             with ProcessPoolExecutor(workers) as pool:
                 list(pool.map(_write_class, *zip(*tasks)))
         else:
             for task in tasks:
                 _write_class(*task)
-        (tmp / MARKER).write_text(json.dumps(params))
-        try:
-            os.rename(tmp, root)
-        except OSError:  # another process finished first: theirs is identical
-            if not (root / MARKER).is_file():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return root
+
+    return generated_folder(root, params, MARKER, "classification set", write)
 
 
 def main(argv: list[str] | None = None) -> None:

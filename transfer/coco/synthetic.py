@@ -25,15 +25,13 @@ import argparse
 import json
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from kdcl_common import DataError
+from kdcl_common.io import generated_folder
 from kdcl_common.shapes import gradient, hsv, polygon, shape_mask, texture_mask
 
 CATEGORIES = [(1, "circle"), (3, "square"), (7, "triangle"), (12, "ring"), (20, "cross")]
@@ -137,22 +135,10 @@ def render_scene(rng: np.random.Generator, image_id: int, ann_id: int, min_size:
 def generate(root: str | os.PathLike, train_images: int = 48, val_images: int = 16,
              min_size: int = 96, max_size: int = 160, seed: int = 0) -> Path:
     """Write the scene set to `root` unless the same set is already there."""
-    root = Path(root)
     params = {"train_images": train_images, "val_images": val_images, "min_size": min_size,
               "max_size": max_size, "seed": seed}
-    if root.exists():
-        marker = root / MARKER
-        if not marker.is_file():
-            raise DataError(f"{root} exists but is not a generated COCO set (no {MARKER}): "
-                            f"choose another data.root or delete it")
-        existing = json.loads(marker.read_text())
-        if existing != params:
-            raise DataError(f"{root} holds a generated COCO set with other parameters "
-                            f"{existing}; wanted {params}: delete it or choose another data.root")
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         ann_id = 1
         for split_id, (split, count) in enumerate((("train2017", train_images),
                                                    ("val2017", val_images))):
@@ -176,17 +162,8 @@ def generate(root: str | os.PathLike, train_images: int = 48, val_images: int = 
                        "categories": [{"id": i, "name": name, "supercategory": "shape"}
                                       for i, name in CATEGORIES]}
             (tmp / "annotations" / f"instances_{split}.json").write_text(json.dumps(dataset))
-        (tmp / MARKER).write_text(json.dumps(params))
-        try:
-            os.rename(tmp, root)
-        except OSError:  # another process finished first: theirs is identical
-            if not (root / MARKER).is_file():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return root
+
+    return generated_folder(root, params, MARKER, "COCO set", write)
 
 
 def main(argv: list[str] | None = None) -> None:

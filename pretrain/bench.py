@@ -11,8 +11,12 @@ Cases, each in a fresh process (clean peak memory, no warm caches carried over):
   kdcl:M:compile (--compile) the kdcl case with torch.compile
 
 Each figure is the median of --windows timed windows of --steps steps after --warmup steps,
-with the spread (min and max). Derived figures:
-  KDCL overhead ratio = kdcl step / sum of the solo steps (1.0: distillation is free)
+with the spread (min and max); --repeats runs every case again in new processes, interleaved.
+Derived figures:
+  KDCL overhead ratio = kdcl step / sum of the solo steps (1.0: distillation is free), paired:
+                        the kdcl case's process also builds the solo students and alternates
+                        kdcl and solo windows, one ratio per round (process-to-process noise,
+                        large on small CPUs, cancels); and across the processes of the cases
   ICL data cost       = data time per image with one view per student / with one view
   soft-target share   = the method's target computation / the whole kdcl step
 On a GPU the run also measures the bf16 matrix-multiply peak (an 8192^3 product) and reports
@@ -74,12 +78,12 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the process's peak RSS
 
 
-def train_flops(trainer, views: torch.Tensor, labels: torch.Tensor) -> float:
+def train_flops(trainer, batch) -> float:
     """FLOPs of one training step's forward and backward passes (torch's FLOP counter)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
-        inputs = [trainer.normalize(views[:, v]) for v in range(views.shape[1])]
+        inputs, _ = trainer.inputs(batch)
         with trainer.autocast():
             loss = sum(net(inputs[k % len(inputs)]).float().logsumexp(-1).mean()
                        for k, net in enumerate(trainer.modules))
@@ -130,18 +134,18 @@ def run_case(config: str, overrides: list[str], case: str, opts: dict) -> dict:
     names = student_names(cfg)
     views = int(arg) if kind == "data" else (len(names) if cfg.method.icl else 1)
     batch = cfg.optim.batch_size
-    data = data_loader.build(cfg.data, views, batch, cfg.seed, ctx)
+    data = data_loader.build(cfg.data, views, batch, cfg.seed, ctx, cfg.train.channels_last)
     out = {"case": case, "students": names, "views": views, "batch_size": batch,
            "amp": "off" if device.type != "cuda" else cfg.train.amp,
            "channels_last": cfg.train.channels_last, "compile": cfg.train.compile}
     warmup, windows, steps = opts["warmup"], opts["windows"], opts["steps"]
 
-    if kind == "data":
+    if kind == "data":  # the loader and the device's share (decoding there, flips, jitter)
         iterator = endless(data.train)
-        seconds = clock.windows(lambda i: next(iterator), warmup, windows, steps)
+        seconds = clock.windows(lambda i: data.inputs(next(iterator)), warmup, windows,
+                                opts["data_steps"])
         iterator.close()  # stop the workers now, not in the interpreter's teardown
-        out["step_ms"] = spread(seconds, 1e3)
-        out["images_per_second"] = batch / statistics.median(seconds)
+        out["windows_ms"] = {"step": [1e3 * t for t in seconds]}
         return out
 
     logger = get_logger("bench", ctx.rank)
@@ -159,9 +163,9 @@ def run_case(config: str, overrides: list[str], case: str, opts: dict) -> dict:
 
         def step(i):
             tick = time.perf_counter()
-            batch_views, labels, _ = next(iterator)
+            batch = next(iterator)
             wait[0] += time.perf_counter() - tick
-            trainer._step(batch_views, labels, sums, seen, first_bad, i)
+            trainer._step(batch, sums, seen, first_bad, i)
 
         for i in range(warmup):
             step(i)
@@ -169,32 +173,92 @@ def run_case(config: str, overrides: list[str], case: str, opts: dict) -> dict:
         seconds = clock.windows(step, 0, windows, steps)
         iterator.close()
         out["data_wait_ms"] = 1e3 * wait[0] / (windows * steps)
+        out["windows_ms"] = {"step": [1e3 * t for t in seconds]}
     else:  # compute only: a few fixed batches already on the device, cycled
-        size = cfg.data.image_size
-        gen = torch.Generator().manual_seed(0)
-        cached = [(torch.randint(0, 256, (batch, views, 3, size, size), dtype=torch.uint8,
-                                 generator=gen).to(device),
-                   torch.randint(0, data.num_classes, (batch,), generator=gen).to(device))
-                  for _ in range(4)]
-        seconds = clock.windows(
-            lambda i: trainer._step(*cached[i % 4], sums, seen, first_bad, i),
-            warmup, windows, steps)
-        if kind == "kdcl":  # the method's own cost: targets from fixed logits, timed alone
+        cached = [device_batch(cfg, views, batch, data.num_classes, device, seed)
+                  for seed in range(4)]
+        input_seconds = clock.windows(lambda i: trainer.inputs(cached[i % 4]), 3, windows,
+                                      steps)
+        if device.type == "cpu":  # as the CPU workers hand them over: inputs ready
+            cached = [b._replace(inputs=data.inputs(b)[0]) for b in cached]
+        seconds = clock.windows(lambda i: trainer._step(cached[i % 4], sums, seen, first_bad, i),
+                                warmup, windows, steps)
+        out["windows_ms"] = {"step": [1e3 * t for t in seconds]}
+        if kind == "kdcl":  # parts of the step timed alone: the input pipeline's device part
+            # (flips, jitter, normalisation; the workers' on a CPU) and the method's targets
+            out["windows_ms"]["input"] = [1e3 * t for t in input_seconds]
             logits = torch.randn(S, batch, data.num_classes, device=device)
-            labels = cached[0][1]
-            inputs = [trainer.normalize(cached[0][0][:, v]) for v in range(views)]
+            inputs, labels = trainer.inputs(cached[0])
             target_seconds = clock.windows(
                 lambda i: trainer.method.targets(logits, labels, inputs), 3, windows, steps)
-            out["soft_target_ms"] = spread(target_seconds, 1e3)
+            out["windows_ms"]["soft_target"] = [1e3 * t for t in target_seconds]
         if device.type == "cuda":
-            out["train_flops_per_step"] = train_flops(trainer, *cached[0])
-    out["step_ms"] = spread(seconds, 1e3)
-    out["images_per_second"] = batch / statistics.median(seconds)
+            out["train_flops_per_step"] = train_flops(trainer, cached[0])
     out["peak_memory_mb"] = peak_memory_mb(device)
+    if kind == "kdcl" and not variant and opts["paired"]:
+        out["paired_ratio"] = paired_ratio(config, overrides, cfg, ctx, data, trainer, cached,
+                                           clock, opts)
     if not bool((first_bad < 0).all()):
         raise KdclError(f"{case}: the loss became NaN/inf during the benchmark")
     kdist.shutdown()
     return out
+
+
+def paired_ratio(config, overrides, cfg, ctx, data, trainer, cached, clock, opts) -> list[float]:
+    """The overhead ratio measured in this one process: windows of the kdcl step and of each
+    student's solo step, interleaved, so that both sides of every ratio share the process's
+    memory layout and the machine's state at that moment. One ratio per round of windows."""
+    from kdcl_common.logs import MetricsWriter, get_logger
+
+    from .engine import build_trainer, student_names
+
+    logger, steps = get_logger("bench", ctx.rank), opts["steps"]
+    device, batch = ctx.device, cfg.optim.batch_size
+    state = trainer_state(trainer, device)
+    runners = [lambda i: trainer._step(cached[i % 4], *state, i)]
+    for name in student_names(cfg):
+        solo_cfg = case_config(config, overrides, "solo", name, "")
+        solo = build_trainer(solo_cfg, ctx, data, [name], logger,
+                             MetricsWriter(Path("."), enabled=False))
+        batches = [device_batch(solo_cfg, 1, batch, data.num_classes, device, seed)
+                   for seed in range(4)]
+        if device.type == "cpu":
+            batches = [b._replace(inputs=data.inputs(b)[0]) for b in batches]
+        runners.append(lambda i, solo=solo, batches=batches, state=trainer_state(solo, device):
+                       solo._step(batches[i % 4], *state, i))
+    for run in runners:
+        for i in range(opts["warmup"]):
+            run(i)
+    ratios = []
+    for _ in range(opts["windows"]):
+        kdcl, *solos = [clock.windows(run, 0, 1, steps)[0] for run in runners]
+        ratios.append(kdcl / sum(solos))
+    return ratios
+
+
+def trainer_state(trainer, device) -> tuple:
+    """The step's metric accumulators (sums, seen, first non-finite step) for `trainer`."""
+    n = len(trainer.modules)
+    return (torch.zeros(3, n, device=device), torch.zeros((), device=device),
+            torch.full((n,), -1, dtype=torch.long, device=device))
+
+
+def device_batch(cfg, views: int, size: int, num_classes: int, device: torch.device, seed: int):
+    """A batch of random crops with the policy's random flips and jitter, already on `device`."""
+    import numpy as np
+
+    from .data.loader import Batch
+    from .data.views import train_policy
+
+    gen = torch.Generator().manual_seed(seed)
+    side = cfg.data.image_size
+    images = torch.randint(0, 256, (size, views, 3, side, side), dtype=torch.uint8, generator=gen)
+    labels = torch.randint(0, num_classes, (size,), generator=gen)
+    rng, policy = np.random.default_rng(seed), train_policy(cfg.data)
+    params = [policy.draw(rng, side, side, views) for _ in range(size)]
+    flip, jitter, order = (torch.from_numpy(np.stack([getattr(p, k) for p in params])).to(device)
+                           for k in ("flip", "jitter", "order"))
+    return Batch(images.to(device), labels.to(device), flip, jitter, order, [])
 
 
 def endless(loader):
@@ -220,15 +284,44 @@ def matmul_peak_tflops(device: torch.device) -> float:
 
 
 # ----------------------------------------------------------------------------------- report
+def summarize(runs: list[dict]) -> dict:
+    """One case's figures from its runs (one per repeat, each in its own process): the median
+    and spread over all their windows, and each run's median (the process-to-process spread)."""
+    out = {k: v for k, v in runs[0].items() if k not in ("windows_ms", "data_wait_ms")}
+    for part in runs[0]["windows_ms"]:
+        windows = [w for r in runs for w in r["windows_ms"][part]]
+        out[f"{part}_ms"] = spread(windows)
+    out["step_ms"]["per_process"] = [statistics.median(r["windows_ms"]["step"]) for r in runs]
+    out["images_per_second"] = out["batch_size"] / (out["step_ms"]["median"] / 1e3)
+    if "data_wait_ms" in runs[0]:
+        out["data_wait_ms"] = statistics.median(r["data_wait_ms"] for r in runs)
+    if "peak_memory_mb" in runs[0]:
+        out["peak_memory_mb"] = max(r["peak_memory_mb"] for r in runs)
+    if "paired_ratio" in runs[0]:
+        out["paired_ratio"] = [x for r in runs for x in r["paired_ratio"]]
+    out["windows_ms"] = {part: [w for r in runs for w in r["windows_ms"][part]]
+                         for part in runs[0]["windows_ms"]}
+    return out
+
+
 def derive(results: dict[str, dict], peak: float | None) -> dict:
     solo = [r for c, r in results.items() if c.startswith("solo:")]
     solo_sum = sum(r["step_ms"]["median"] for r in solo)
-    out: dict = {"overhead_ratio": {}, "soft_target_share": {}}
+    out: dict = {"overhead_ratio": {}, "soft_target_share": {}, "input_share": {}}
+    rounds = min((len(r["step_ms"]["per_process"]) for r in solo), default=0)
+    out["overhead_ratio_per_round"], out["overhead_ratio_paired"] = {}, {}
     for case, r in results.items():
         if case.startswith("kdcl:") and case.count(":") == 1 and solo_sum:  # same settings
             out["overhead_ratio"][case[5:]] = r["step_ms"]["median"] / solo_sum
+            # each round's kdcl process over the same round's solo processes
+            out["overhead_ratio_per_round"][case[5:]] = [
+                r["step_ms"]["per_process"][k] / sum(o["step_ms"]["per_process"][k] for o in solo)
+                for k in range(min(rounds, len(r["step_ms"]["per_process"])))]
             out["soft_target_share"][case[5:]] = (r["soft_target_ms"]["median"]
                                                   / r["step_ms"]["median"])
+            out["input_share"][case[5:]] = r["input_ms"]["median"] / r["step_ms"]["median"]
+            if r.get("paired_ratio"):
+                out["overhead_ratio_paired"][case[5:]] = spread(r["paired_ratio"])
         if peak and "train_flops_per_step" in r:
             tflops = r["train_flops_per_step"] / (r["step_ms"]["median"] / 1e3) / 1e12
             r["model_tflops"], r["fraction_of_peak"] = tflops, tflops / peak
@@ -260,8 +353,12 @@ def markdown(report: dict) -> str:
              f"git {str(env['git_commit'])[:10]}{' (dirty)' if env['git_dirty'] else ''}.",
              f"Command: `{report['command']}`", "",
              f"Median of {report['windows']} windows of {report['steps']} steps after "
-             f"{report['warmup']} warm-up steps; [min–max] over the windows. Compute-only cases "
-             "train on batches already on the device; `train:` includes the loader.", "",
+             f"{report['warmup']} warm-up steps"
+             + (f", in each of {report['repeats']} rounds that run every case once in a fresh "
+                "process" if report.get("repeats", 1) > 1 else "")
+             + "; [min–max] over the windows. Compute-only cases train on batches already on "
+             "the device; `train:` includes the loader; `data:` is the loader plus the "
+             "device's share of the input pipeline.", "",
              "| case | students | views | batch | step ms | data wait ms | img/s | peak MB |"
              + (" TFLOP/s | of peak |" if report.get("matmul_peak_tflops") else ""),
              "|---" * (10 if report.get("matmul_peak_tflops") else 8) + "|"]
@@ -269,9 +366,16 @@ def markdown(report: dict) -> str:
         lines.append(_row(case, r, bool(report.get("matmul_peak_tflops"))))
     lines.append("")
     for method, ratio in derived["overhead_ratio"].items():
-        lines.append(f"- KDCL overhead ratio, {method}: **{ratio:.3f}** (kdcl step / sum of solo "
-                     f"steps); soft targets {100 * derived['soft_target_share'][method]:.2f} % "
-                     "of the step")
+        paired = derived.get("overhead_ratio_paired", {}).get(method)
+        rounds = derived.get("overhead_ratio_per_round", {}).get(method, [])
+        across = (f"{ratio:.3f}" + (f" (rounds: {', '.join(f'{x:.3f}' for x in rounds)})"
+                                    if len(rounds) > 1 else ""))
+        head = (f"**{paired['median']:.3f}** [{paired['min']:.3f}–{paired['max']:.3f}] paired "
+                f"in one process; {across} across processes" if paired else f"**{across}**")
+        lines.append(f"- KDCL overhead ratio (kdcl step / sum of solo steps), {method}: {head}; "
+                     f"soft targets {100 * derived['soft_target_share'][method]:.2f} % of the "
+                     f"step; input pipeline (flips, jitter, normalisation: on the device, or in "
+                     f"the workers on a CPU) {100 * derived['input_share'][method]:.1f} % of it")
     if "icl_data_cost" in derived:
         cost = derived["icl_data_cost"]
         lines.append(f"- ICL data cost, {cost['views']} views over 1: **{cost['ratio']:.2f}x** "
@@ -293,12 +397,26 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--windows", type=int, default=5, help="timed windows")
     parser.add_argument("--steps", type=int, default=10, help="steps per window")
+    parser.add_argument("--data-steps", type=int,
+                        help="batches per window of the data cases (default: 4x --steps; a "
+                        "batch takes much less than a training step, and short windows are "
+                        "noisy)")
+    parser.add_argument("--no-paired", action="store_true",
+                        help="skip the in-process paired measurement of the overhead ratio "
+                        "(kdcl and solo windows interleaved in the kdcl case's process)")
     parser.add_argument("--no-data", action="store_true", help="skip the data-pipeline cases")
     parser.add_argument("--no-train", action="store_true", help="skip the end-to-end case")
     parser.add_argument("--fp32-baseline", action="store_true",
                         help="also time the kdcl case in a plain fp32 eager loop")
     parser.add_argument("--compile", action="store_true",
                         help="also time the kdcl case with torch.compile")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds of all cases, each case in a fresh process per round: "
+                        "process-to-process noise (large on small shared CPUs) shows and "
+                        "averages out")
+    parser.add_argument("--only", action="append", metavar="PREFIX",
+                        help="run only the cases starting with PREFIX (e.g. data, kdcl:kdcl_naive; "
+                        "repeatable)")
     parser.add_argument("--out", default="results/bench", help="folder of the JSON and Markdown")
     parser.add_argument("--name", help="file name (default: config name and device)")
     return parser
@@ -325,7 +443,13 @@ def main(argv: list[str] | None = None) -> int:
         cases.append(f"kdcl:{args.methods[0]}:fp32")
     if args.compile:
         cases.append(f"kdcl:{args.methods[0]}:compile")
-    opts = {"warmup": args.warmup, "windows": args.windows, "steps": args.steps}
+    if args.only:
+        cases = [c for c in cases if any(c.startswith(prefix) for prefix in args.only)]
+        if not cases:
+            print(f"error: no case starts with {args.only}", file=sys.stderr)
+            return 2
+    opts = {"warmup": args.warmup, "windows": args.windows, "steps": args.steps,
+            "data_steps": args.data_steps or 4 * args.steps, "paired": not args.no_paired}
     device = torch.device("cuda" if cfg.train.device != "cpu" and torch.cuda.is_available()
                           else "cpu")
     peak = matmul_peak_tflops(device) if device.type == "cuda" else None
@@ -339,23 +463,26 @@ def main(argv: list[str] | None = None) -> int:
                                                                  else argv),
               "device": (torch.cuda.get_device_name(device) if device.type == "cuda" else
                          f"CPU, {torch.get_num_threads()} threads ({env['devices'][0]})"),
-              **opts, "matmul_peak_tflops": peak, "environment": env, "cases": results}
+              **opts, "repeats": args.repeats, "matmul_peak_tflops": peak, "environment": env,
+              "cases": results}
     context = mp.get_context("spawn")  # CUDA and fresh peak-memory figures need a new process
-    for case in cases:
-        print(f"[bench] {case} ...", flush=True)
-        with ProcessPoolExecutor(1, mp_context=context) as pool:
-            try:
-                results[case] = pool.submit(run_case, args.config, args.overrides, case,
-                                            opts).result()
-            except KdclError as e:
-                print(f"error: {e}", file=sys.stderr)
-                return 2
-        r = results[case]
-        print(f"[bench] {case}: {r['step_ms']['median']:.1f} ms/step, "
-              f"{r['images_per_second']:.0f} img/s", flush=True)
-        report["derived"] = derive(results, peak)  # written after every case: a partial run
-        atomic_write_json(out / f"{name}.json", report)  # still leaves its numbers
-        atomic_write_text(out / f"{name}.md", markdown(report))
+    runs: dict[str, list[dict]] = {case: [] for case in cases}
+    for round_ in range(args.repeats):  # interleaved: slow drifts hit every case alike
+        for case in cases:
+            print(f"[bench] {case} (round {round_ + 1}/{args.repeats}) ...", flush=True)
+            with ProcessPoolExecutor(1, mp_context=context) as pool:
+                try:
+                    runs[case].append(pool.submit(run_case, args.config, args.overrides, case,
+                                                  opts).result())
+                except KdclError as e:
+                    print(f"error: {e}", file=sys.stderr)
+                    return 2
+            results[case] = r = summarize(runs[case])
+            print(f"[bench] {case}: {r['step_ms']['median']:.1f} ms/step, "
+                  f"{r['images_per_second']:.0f} img/s", flush=True)
+            report["derived"] = derive(results, peak)  # written after every case: a partial
+            atomic_write_json(out / f"{name}.json", report)  # run still leaves its numbers
+            atomic_write_text(out / f"{name}.md", markdown(report))
     print(markdown(report))
     print(f"[bench] wrote {out / name}.json and .md")
     return 0

@@ -53,6 +53,10 @@ class DataConfig:
                                      "KDCL-General's weights (excluded from training, all methods)")
     split_seed: int = option(0, help="seed of the held-out split")
     workers: int = option(8, help="data-loading processes per rank")
+    decode: str = option("cpu", help="where training JPEGs are decoded and cropped: cpu (the "
+                         "loader workers) or device (nvjpeg on the GPU, the whole batch at once; "
+                         "the workers only read files: for ImageNet-size images when the CPUs "
+                         "cannot keep up)")
     max_corrupt_fraction: float = option(0.001, help="undecodable images are skipped with a "
                                          "warning; stop when more than this fraction of the "
                                          "dataset is undecodable")
@@ -110,7 +114,7 @@ class PretrainConfig:
 # Keys that may change when a run is resumed; any other difference is refused.
 CHECKPOINTS = RunCheckpoints(format="kdcl-bench/pretrain-checkpoint-v1",
                              finished_marker="export/manifest.json",
-                             resumable_keys=("data.workers", "train.log_interval", "train.compile",
+                             resumable_keys=("data.workers", "data.decode", "train.log_interval", "train.compile",
                                              "train.fused_optimizer"))
 
 
@@ -135,6 +139,7 @@ def validate(cfg: PretrainConfig) -> None:
     choice("method.name", cfg.method.name, METHODS)
     choice("data.dataset", cfg.data.dataset, DATASETS)
     choice("data.policy", cfg.data.policy, POLICIES)
+    choice("data.decode", cfg.data.decode, ("cpu", "device"))
     choice("train.amp", cfg.train.amp, ("off", "bf16", "fp16"))
     choice("method.general_error", cfg.method.general_error, ("squared", "cross_entropy"))
     if not cfg.students:

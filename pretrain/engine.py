@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from kdcl_common import KdclError, NonFiniteLossError, models, provenance
+from kdcl_common import NonFiniteLossError, models, provenance
 from kdcl_common import distributed as kdist
 from kdcl_common.config import config_hash, to_dict, to_yaml
 from kdcl_common.io import atomic_write_json, atomic_write_text
@@ -66,16 +66,15 @@ class Trainer:
     logger: object
     writer: MetricsWriter
     autocast: Callable[[], AbstractContextManager]
-    scale: torch.Tensor  # 1 / (255 std), [1, 3, 1, 1]
-    shift: torch.Tensor  # -mean / std
     corrupt: data_loader.CorruptImageTracker
 
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 [B, 3, H, W] on the device -> normalised float input."""
-        x = torch.addcmul(self.shift, images.float(), self.scale)
-        if self.cfg.train.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+    def inputs(self, batch: data_loader.Batch, augment: bool = True):
+        """(one normalised input per view, labels) on the device; images the device could not
+        decode are left out and counted."""
+        inputs, labels, bad = self.data.inputs(batch, augment)
+        if bad:
+            self.corrupt.update(bad)
+        return inputs, labels
 
     # ------------------------------------------------------------------------------- training
     def train_one_epoch(self, epoch: int) -> dict:
@@ -96,16 +95,16 @@ class Trainer:
                        total=steps)
         lr = learning_rate(cfg.optim, epoch * steps, steps)
         tick = time.perf_counter()
-        for i, (views, labels, bad) in enumerate(bar):
+        for i, batch in enumerate(bar):
             data_wait += time.perf_counter() - tick
-            if bad:
-                self.corrupt.update(bad)
+            if batch.bad:
+                self.corrupt.update(batch.bad)
             step = epoch * steps + i
-            if labels.numel():
+            if batch.size:
                 lr = learning_rate(cfg.optim, step, steps)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                self._step(views, labels, sums, seen, first_bad, step)
+                self._step(batch, sums, seen, first_bad, step)
             if (i + 1) % cfg.train.log_interval == 0 or i + 1 == steps:
                 self._check_finite(first_bad, epoch, steps)
                 n = (seen - window[1]).clamp_min(1)
@@ -133,11 +132,8 @@ class Trainer:
                         f"train/{name}/top1": 100 * totals[2][k]})
         return out
 
-    def _step(self, views, labels, sums, seen, first_bad, step) -> None:
-        device = self.ctx.device
-        views = views.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        inputs = [self.normalize(views[:, v]) for v in range(views.shape[1])]
+    def _step(self, batch: data_loader.Batch, sums, seen, first_bad, step) -> None:
+        inputs, labels = self.inputs(batch)
         with self.autocast():
             logits = torch.stack([net(inputs[k % len(inputs)])
                                   for k, net in enumerate(self.wrapped)]).float()
@@ -181,14 +177,12 @@ class Trainer:
         hits = torch.zeros(S + 1, 2, device=device, dtype=torch.float64)
         seen = torch.zeros((), device=device, dtype=torch.float64)
         cov = torch.zeros(S, S, device=device, dtype=torch.float64)
-        for views, labels, bad in loader:
-            if bad:
-                self.corrupt.update(bad)
-            if not labels.numel():
+        for batch in loader:
+            if batch.bad:
+                self.corrupt.update(batch.bad)
+            if not batch.size:
                 continue
-            views = views.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            x = self.normalize(views[:, 0])
+            (x,), labels = self.inputs(batch, augment=False)
             with self.autocast():
                 logits = torch.stack([m(x) for m in self.modules]).float()
             probs = logits.softmax(-1)
@@ -313,12 +307,10 @@ def build_trainer(cfg: PretrainConfig, ctx, data: data_loader.Data, names: list[
                            data.std, autocast)
     if isinstance(method, methods.KD) and cfg.train.channels_last:
         method.teacher.to(memory_format=torch.channels_last)
-    std = torch.tensor(data.std, device=ctx.device).view(1, 3, 1, 1)
-    mean = torch.tensor(data.mean, device=ctx.device).view(1, 3, 1, 1)
+    corrupt = data_loader.CorruptImageTracker(data.train_size + len(data.held_out_indices),
+                                              cfg.data.max_corrupt_fraction, logger)
     return Trainer(cfg, ctx, names, modules, wrapped, method, optimizer, scaler, data, logger,
-                   writer, autocast, 1.0 / (255.0 * std), -mean / std,
-                   data_loader.CorruptImageTracker(data.train_size + len(data.held_out_indices),
-                                                   cfg.data.max_corrupt_fraction, logger))
+                   writer, autocast, corrupt)
 
 
 def _run(cfg: PretrainConfig, config_file: str, resume: bool, ctx) -> Path:
@@ -342,7 +334,8 @@ def _run(cfg: PretrainConfig, config_file: str, resume: bool, ctx) -> Path:
                 f"students {names}, {ctx.world_size} process(es) on {ctx.device.type}; "
                 f"writing to {run_dir}")
     views = len(cfg.students) if cfg.method.icl else 1
-    data = data_loader.build(cfg.data, views, cfg.optim.batch_size, cfg.seed, ctx)
+    data = data_loader.build(cfg.data, views, cfg.optim.batch_size, cfg.seed, ctx,
+                             cfg.train.channels_last)
     if ctx.is_main and len(data.held_out_indices):
         src = data.train.dataset.source
         atomic_write_text(run_dir / "held_out.txt",

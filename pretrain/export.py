@@ -2,7 +2,6 @@
 record per student (DESIGN §4)."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch.nn as nn
 

@@ -30,7 +30,7 @@ def test_generator_is_deterministic_and_uses_the_imagenet_layout(tmp_path, tiny_
     assert train.classes == val.classes == ["00_circle_warm", "01_circle_cool",
                                             "02_square_warm", "03_square_cool"]
     assert len(train) == 4 * 12 and len(val) == 4 * 4
-    assert train.load(0).size == (32, 32)
+    assert train.load(0).shape == (3, 32, 32)
 
 
 def test_generator_refuses_a_foreign_or_different_folder(tmp_path, tiny_root):
@@ -113,15 +113,20 @@ def test_held_out_images_never_reach_training(tiny_root):
 
 def test_icl_views_differ_and_are_reproducible(tiny_root):
     data = build(tiny_root, views=3)
-    views, labels, bad = next(iter(data.train))
-    assert views.shape == (8, 3, 3, 24, 24) and views.dtype == torch.uint8 and not bad
-    assert not torch.equal(views[:, 0], views[:, 1])  # each student its own random draw
+    batch = next(iter(data.train))  # a CPU run: the workers hand over the students' inputs
+    views = batch.inputs
+    assert len(views) == 3 and not batch.bad
+    assert views[0].shape == (8, 3, 24, 24) and views[0].dtype == torch.float32
+    assert not torch.equal(views[0], views[1])  # each student its own random draw
+    assert batch.flip.shape == (8, 3) and batch.jitter.shape == batch.order.shape == (8, 3, 3)
     with_workers = build(tiny_root, workers=2, views=3)
-    again, labels2, _ = next(iter(with_workers.train))
-    assert torch.equal(views, again) and torch.equal(labels, labels2)
+    again = next(iter(with_workers.train))
+    for v in range(3):
+        assert torch.equal(views[v], again.inputs[v])
+    for field in ("labels", "flip", "jitter", "order"):
+        assert torch.equal(getattr(batch, field), getattr(again, field)), field
     data.train.batch_sampler.set_epoch(1)
-    other_epoch, _, _ = next(iter(data.train))
-    assert not torch.equal(views, other_epoch)
+    assert not torch.equal(views[0], next(iter(data.train)).inputs[0])
 
 
 def test_global_batches_do_not_depend_on_the_number_of_ranks():
@@ -146,8 +151,9 @@ def test_corrupt_images_are_skipped_counted_and_then_fatal(tmp_path, tiny_root):
     victims = sorted((root / "train").rglob("*.jpg"))[:3]
     victims[0].write_bytes(victims[0].read_bytes()[:200])  # truncated JPEG
     data = build(root, batch=40, **{"data.held_out_per_class": 0})
-    views, labels, bad = next(iter(data.train))
-    assert len(bad) == 1 and victims[0].name in bad[0] and len(labels) == 39
+    bad = next(iter(data.train)).bad
+    assert len(bad) == 1 and victims[0].name in bad[0]
+    assert next(iter(data.train)).size == 39
     logger = logging.getLogger("test-corrupt")
     tracker = loader.CorruptImageTracker(48, 0.05, logger)  # up to 2.4 bad images tolerated
     tracker.update(bad)

@@ -6,64 +6,94 @@ from a generator seeded with (seed, epoch, image index). So the data a run sees 
 on the number of workers, on the number of ranks sharing a global batch, or on whether the run
 was resumed, which is what makes kill-and-resume and 1-vs-N-rank runs reproducible.
 
-ICL: each image is decoded once and the policy is drawn once per view (one view per student,
-or a single shared view with ICL off). A batch is uint8 [B, V, 3, H, W].
+ICL: each image is read and decoded once and cropped once per view (one view per student, or a
+single shared view with ICL off). Workers crop; flips and colour jitter are drawn here and
+applied to the whole batch on the training device (views.py explains the split). With
+`data.decode=device` the workers only read the JPEG bytes and draw the crop boxes, and the
+device decodes and crops the whole batch (on_device.py).
 """
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from kdcl_common import DataError
+from kdcl_common import ConfigError, DataError
 from kdcl_common.distributed import DistContext, barrier
 from kdcl_common.sampling import GlobalBatchSampler, ShardSampler, sample_seed
 
 from ..config import DataConfig
 from . import sources, synthetic
-from .transforms import eval_transform, normalization, train_transform
+from .batch import Batch, Sample, collate  # noqa: F401 (Batch: the loaders' type)
+from .on_device import InputPipeline
+from .views import Policy, crop_views, eval_policy, normalization, train_policy
+
+
+def _jpeg_header(data: torch.Tensor) -> tuple[int, int] | None:
+    """(height, width) of a JPEG the device decoder takes (RGB or grey), else None."""
+    with Image.open(io.BytesIO(data.numpy().tobytes())) as image:
+        if image.format == "JPEG" and image.mode in ("RGB", "L"):
+            return image.height, image.width
+    return None
 
 
 class ViewsDataset(Dataset):
-    """`source[indices[pos]]`, decoded once and augmented `views` times. Keys are
-    (epoch, pos) pairs from the samplers below. An image that cannot be decoded yields
-    (None, label, description): the collate function drops it and reports it."""
+    """`source[indices[pos]]`, read and decoded once, `views` draws of `policy`. Keys are
+    (epoch, pos) pairs from the samplers below. With `encoded`, JPEGs are left undecoded for
+    the device (other formats are decoded here)."""
 
-    def __init__(self, source: Any, indices: Sequence[int], transform: Callable, views: int,
-                 seed: int):
+    def __init__(self, source: Any, indices: Sequence[int], policy: Policy, views: int,
+                 seed: int, encoded: bool = False):
         self.source, self.indices = source, np.asarray(indices, dtype=np.int64)
-        self.transform, self.views, self.seed = transform, views, seed
+        self.policy, self.views, self.seed, self.encoded = policy, views, seed, encoded
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, key: tuple[int, int]):
+    def __getitem__(self, key: tuple[int, int]) -> Sample:
         epoch, pos = key
         index = int(self.indices[pos])
         label = int(self.source.targets[index])
+        rng = np.random.default_rng(sample_seed(self.seed, epoch, index))
         try:
-            image = self.source.load(index)
+            if self.encoded:
+                data = self.source.read(index)
+                size = _jpeg_header(data)
+                if size is not None:
+                    return Sample(label, self.policy.draw(rng, *size, self.views), encoded=data,
+                                  size=size, name=self.source.describe(index))
+                image = sources.decode(data)
+            else:
+                image = self.source.load(index)
         except sources.DECODE_ERRORS as e:
-            return None, label, f"{self.source.describe(index)} ({type(e).__name__}: {e})"
-        # Seed only the CPU generator, restored afterwards: with workers=0 this runs in the
-        # training process, whose (dropout) random stream must not change.
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
-            views = torch.stack([self.transform(image) for _ in range(self.views)])
-        return views, label, None
+            return Sample(label, None, error=f"{self.source.describe(index)} "
+                                             f"({type(e).__name__}: {str(e).splitlines()[0]})")
+        params = self.policy.draw(rng, image.shape[1], image.shape[2], self.views)
+        return Sample(label, params, views=crop_views(image, params.boxes, self.policy.size,
+                                                      self.policy.pad))
 
 
-def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Stack the decodable samples; list the ones that were not."""
-    good = [(views, label) for views, label, _ in batch if views is not None]
-    bad = [error for views, _, error in batch if views is None]
-    if not good:
-        return torch.zeros(0, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64), bad
-    return (torch.stack([v for v, _ in good]), torch.tensor([l for _, l in good]), bad)
+class Collate:
+    """`collate`, then on a CPU run the whole input pipeline (flips, jitter, normalisation),
+    batched, in the worker: the training process has no cores to spare there (its OpenMP
+    threads and the workers share them, and small ops in an oversubscribed process run several
+    times slower). On a GPU the training device does it (`pipeline` None)."""
+
+    def __init__(self, pipeline: InputPipeline | None, augment: bool):
+        self.pipeline, self.augment = pipeline, augment
+
+    def __call__(self, samples: list[Sample]) -> Batch:
+        batch = collate(samples)
+        if self.pipeline is None or not batch.size or batch.encoded is not None:
+            return batch
+        inputs, labels, _ = self.pipeline(batch, self.augment)
+        return batch._replace(views=torch.zeros(0, dtype=torch.uint8), inputs=inputs)
 
 
 @dataclass
@@ -78,6 +108,7 @@ class Data:
     train_size: int
     held_out_indices: np.ndarray
     dataset_name: str
+    inputs: InputPipeline  # batch -> the students' inputs (already run by CPU workers)
 
 
 def load_sources(cfg: DataConfig, ctx: DistContext):
@@ -96,7 +127,14 @@ def load_sources(cfg: DataConfig, ctx: DistContext):
     return train, val, name
 
 
-def build(cfg: DataConfig, views: int, global_batch: int, seed: int, ctx: DistContext) -> Data:
+def check_decode(cfg: DataConfig, source) -> None:
+    if cfg.decode == "device" and not isinstance(source, sources.FolderSource):
+        raise ConfigError(f"data.decode=device decodes JPEG files; {cfg.dataset} images are "
+                          "decoded already: use data.decode=cpu")
+
+
+def build(cfg: DataConfig, views: int, global_batch: int, seed: int, ctx: DistContext,
+          channels_last: bool = False) -> Data:
     train_src, val_src, name = load_sources(cfg, ctx)
     num_classes = len(train_src.classes)
     train_idx, held_idx = sources.held_out_split(train_src.targets, cfg.held_out_per_class,
@@ -104,26 +142,35 @@ def build(cfg: DataConfig, views: int, global_batch: int, seed: int, ctx: DistCo
     per_rank = global_batch // max(ctx.world_size, 1)
     pin = ctx.device.type == "cuda"
 
-    def loader(dataset: Dataset, batch_sampler: Sampler) -> DataLoader:
+    mean, std = normalization(cfg)
+    policy = train_policy(cfg)
+    inputs = InputPipeline(ctx.device, mean, std, cfg.image_size, channels_last, policy.flip,
+                           policy.jitter > 0)
+    in_workers = inputs if ctx.device.type == "cpu" else None
+
+    def loader(dataset: Dataset, batch_sampler: Sampler, augment: bool) -> DataLoader:
         # A private generator: creating an iterator draws a worker seed from it, which must not
         # shift the training process's global random stream (dropout) when a run is resumed.
         return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=cfg.workers,
-                          collate_fn=collate, pin_memory=pin, persistent_workers=cfg.workers > 0,
+                          collate_fn=Collate(in_workers, augment), pin_memory=pin, persistent_workers=cfg.workers > 0,
                           prefetch_factor=4 if cfg.workers > 0 else None,
                           generator=torch.Generator().manual_seed(seed))
 
-    train = loader(ViewsDataset(train_src, train_idx, train_transform(cfg), views, seed),
-                   GlobalBatchSampler(len(train_idx), global_batch, ctx.rank, ctx.world_size, seed))
-    evaluation = eval_transform(cfg)
+    check_decode(cfg, train_src)
+    train = loader(ViewsDataset(train_src, train_idx, policy, views, seed,
+                                encoded=cfg.decode == "device"),
+                   GlobalBatchSampler(len(train_idx), global_batch, ctx.rank, ctx.world_size, seed),
+                   augment=True)
+    evaluation = eval_policy(cfg)  # evaluation is a small share: decoded by the workers
     val = loader(ViewsDataset(val_src, np.arange(len(val_src)), evaluation, 1, seed),
-                 ShardSampler(len(val_src), per_rank, ctx.rank, ctx.world_size))
+                 ShardSampler(len(val_src), per_rank, ctx.rank, ctx.world_size), augment=False)
     held = None
     if len(held_idx):
         held = loader(ViewsDataset(train_src, held_idx, evaluation, 1, seed),
-                      ShardSampler(len(held_idx), per_rank, ctx.rank, ctx.world_size))
-    mean, std = normalization(cfg)
+                      ShardSampler(len(held_idx), per_rank, ctx.rank, ctx.world_size),
+                      augment=False)
     return Data(train, val, held, num_classes, train_src.classes, mean, std, len(train_idx),
-                held_idx, name)
+                held_idx, name, inputs)
 
 
 class CorruptImageTracker:

@@ -3,6 +3,7 @@ pickles. A source knows its classes and labels and decodes one image at a time; 
 and batching live elsewhere (pretrain/data/loader.py)."""
 from __future__ import annotations
 
+import io
 import os
 import pickle
 from dataclasses import dataclass
@@ -11,12 +12,32 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.io import ImageReadMode, decode_image, read_file
 
 from kdcl_common import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-# What PIL raises for a file it cannot decode (truncated, not an image, bad header).
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+# What a file that cannot be decoded raises: PIL (truncated, not an image, bad header) and
+# torchvision's decoders (RuntimeError).
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, RuntimeError, Image.DecompressionBombError)
+# Signatures of the formats torchvision decodes itself (libjpeg-turbo, libpng, libwebp); the
+# others (BMP, TIFF, PPM) go through PIL.
+_NATIVE = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"RIFF")
+
+
+def read_bytes(path: str) -> torch.Tensor:
+    """A file's bytes as a 1-D uint8 tensor."""
+    return read_file(path)
+
+
+def decode(data: torch.Tensor) -> torch.Tensor:
+    """Encoded bytes -> uint8 [3, H, W] RGB (grey and CMYK converted). Raises one of
+    DECODE_ERRORS for a file that is truncated or not an image."""
+    if bytes(data[:4].numpy()).startswith(_NATIVE):
+        return decode_image(data, mode=ImageReadMode.RGB)
+    with Image.open(io.BytesIO(data.numpy().tobytes())) as image:
+        array = np.asarray(image.convert("RGB"))  # decodes fully: a truncated file raises here
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
 @dataclass
@@ -51,9 +72,13 @@ class FolderSource:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def load(self, i: int) -> Image.Image:
-        with Image.open(self.paths[i]) as image:
-            return image.convert("RGB")  # decodes fully: a truncated file raises here
+    def read(self, i: int) -> torch.Tensor:
+        """The encoded file (for decoding on the training device)."""
+        return read_bytes(self.paths[i])
+
+    def load(self, i: int) -> torch.Tensor:
+        """Image `i` decoded: uint8 [3, H, W]."""
+        return decode(self.read(i))
 
     def describe(self, i: int) -> str:
         return self.paths[i]

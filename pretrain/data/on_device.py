@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import get_worker_info
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from .batch import Batch, Encoded
@@ -150,13 +151,28 @@ class InputPipeline:
         # Each student's input is one contiguous slice of the view-major batch.
         return list(x.chunk(views)), labels.to(self.device, non_blocking=True), errors
 
+    def _new_batch(self, shape: tuple[int, int, int, int]) -> torch.Tensor:
+        """An empty float32 batch in the pipeline's memory format. In a loader worker it lives
+        in shared memory from the start, as default_collate's batches do, so that handing it to
+        the training process copies nothing."""
+        if self.device.type != "cpu" or get_worker_info() is None:
+            return torch.empty(shape, device=self.device, memory_format=self.memory_format)
+        n, c, h, w = shape
+        flat = torch.empty(0).set_(torch.UntypedStorage._new_shared(4 * n * c * h * w), 0,
+                                   (n * c * h * w,), (1,))
+        if self.memory_format == torch.channels_last:
+            return flat.view(n, h, w, c).permute(0, 3, 1, 2)
+        return flat.view(n, c, h, w)
+
     def _pixels(self, batch: Batch):
         b, v = batch.flip.shape
         s = self.size
         if batch.encoded is None:
-            views = batch.views.to(self.device, non_blocking=True).transpose(0, 1)
-            return views.reshape(v * b, 3, s, s).to(torch.float32,
-                                                    memory_format=self.memory_format), None, []
+            x = self._new_batch((v * b, 3, s, s))
+            # converted and made view-major in one pass
+            x.unflatten(0, (v, b)).copy_(batch.views.to(self.device, non_blocking=True)
+                                         .transpose(0, 1))
+            return x, None, []
         enc = batch.encoded
         crops, ok, errors = decode_and_crop(enc, s, self.device)
         pixels = torch.empty((v, b, 3, s, s), device=self.device)

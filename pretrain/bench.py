@@ -141,6 +141,7 @@ def run_case(config: str, overrides: list[str], case: str, opts: dict) -> dict:
     warmup, windows, steps = opts["warmup"], opts["windows"], opts["steps"]
 
     if kind == "data":  # the loader and the device's share (decoding there, flips, jitter)
+        out["stages_us_per_image"] = data_stages(data, clock, opts["steps"])
         iterator = endless(data.train)
         seconds = clock.windows(lambda i: data.inputs(next(iterator)), warmup, windows,
                                 opts["data_steps"])
@@ -202,6 +203,55 @@ def run_case(config: str, overrides: list[str], case: str, opts: dict) -> dict:
         raise KdclError(f"{case}: the loss became NaN/inf during the benchmark")
     kdist.shutdown()
     return out
+
+
+def data_stages(data, clock: Clock, batches: int) -> dict[str, float]:
+    """Where the loader's time goes: microseconds per image of each stage, run in this one
+    process, single-threaded as in a worker, on the first `batches` batches. Empty for data
+    already in memory (CIFAR) and with data.decode=device (the workers only read there)."""
+    import numpy as np
+
+    from kdcl_common.sampling import sample_seed
+
+    from .data import sources
+    from .data.batch import Sample
+    from .data.views import crop_views
+
+    dataset, collate_fn = data.train.dataset, data.train.collate_fn
+    source, policy = dataset.source, dataset.policy
+    if not isinstance(source, sources.FolderSource) or dataset.encoded:
+        return {}
+    keys = [key for batch, _ in zip(data.train.batch_sampler, range(batches)) for key in batch]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    for key in keys[:len(keys) // batches]:  # warm-up: first calls, caches
+        collate_fn([dataset[key]])
+    seconds = dict.fromkeys(("read", "decode", "draw", "crop", "batch"), 0.0)
+    samples = []
+    for epoch, pos in keys:
+        index = int(dataset.indices[pos])
+        t0 = time.perf_counter()
+        raw = source.read(index)
+        t1 = time.perf_counter()
+        image = sources.decode(raw)
+        t2 = time.perf_counter()
+        rng = np.random.default_rng(sample_seed(dataset.seed, epoch, index))
+        params = policy.draw(rng, image.shape[1], image.shape[2], dataset.views)
+        t3 = time.perf_counter()
+        views = crop_views(image, params.boxes, policy.size, policy.pad)
+        t4 = time.perf_counter()
+        for stage, t in zip(seconds, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            seconds[stage] += t
+        samples.append(Sample(int(source.targets[index]), params, views=views))
+    size = len(keys) // batches
+    clock.sync()
+    t0 = time.perf_counter()
+    for start in range(0, len(samples), size):  # collate, then flips, jitter, normalisation
+        data.inputs(collate_fn(samples[start:start + size]))  # (the workers' on a CPU)
+    clock.sync()
+    seconds["batch"] = time.perf_counter() - t0
+    torch.set_num_threads(threads)
+    return {stage: 1e6 * t / len(keys) for stage, t in seconds.items()}
 
 
 def paired_ratio(config, overrides, cfg, ctx, data, trainer, cached, clock, opts) -> list[float]:
@@ -376,6 +426,15 @@ def markdown(report: dict) -> str:
                      f"soft targets {100 * derived['soft_target_share'][method]:.2f} % of the "
                      f"step; input pipeline (flips, jitter, normalisation: on the device, or in "
                      f"the workers on a CPU) {100 * derived['input_share'][method]:.1f} % of it")
+    for case, r in report["cases"].items():
+        stages = r.get("stages_us_per_image")
+        if stages:
+            lines.append(
+                f"- {case}, per image in one single-threaded process (µs): read "
+                f"{stages['read']:.0f}, decode {stages['decode']:.0f}, draw the views "
+                f"{stages['draw']:.0f}, crop {stages['crop']:.0f} ({r['views']} view"
+                f"{'s' if r['views'] > 1 else ''}), batch (collate, flips, jitter, "
+                f"normalisation) {stages['batch']:.0f}")
     if "icl_data_cost" in derived:
         cost = derived["icl_data_cost"]
         lines.append(f"- ICL data cost, {cost['views']} views over 1: **{cost['ratio']:.2f}x** "

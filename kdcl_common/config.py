@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, OmegaConf
 from omegaconf import errors as oc_errors
 
 from . import ConfigError
@@ -126,6 +126,25 @@ def load_config(schema: type[T], path: str | Path, overrides: list[str] = ()) ->
         key = getattr(e, "full_key", None)
         first_line = str(e).splitlines()[0]
         raise ConfigError(f"config key {key!r}: {first_line}" if key else first_line) from None
+
+
+def load_named(schema: type[T], path: str | Path, overrides: list[str], config_root: Path) -> T:
+    """`load_config`, then name the run after the file when the config names none: its path
+    under `config_root` without .yaml (smoke/kdcl_naive), else its file name."""
+    cfg = load_config(schema, path, overrides)
+    if cfg.name is None:
+        path = Path(path).resolve()
+        try:
+            cfg.name = str(path.relative_to(config_root).with_suffix(""))
+        except ValueError:
+            cfg.name = path.stem
+    return cfg
+
+
+def check_choice(key: str, value: Any, allowed) -> None:
+    """A ConfigError naming the allowed values when `value` is not one of them."""
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not one of: {', '.join(map(str, allowed))}")
 
 
 def _interpolation_message(e: Exception) -> str:

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional
 from kdcl_common import ConfigError, models
 from kdcl_common import schedule
 from kdcl_common.checkpoint import RunCheckpoints
-from kdcl_common.config import load_config, option
+from kdcl_common.config import check_choice, load_named, option
 from kdcl_common.schedule import OptimConfig
 
 CONFIG_ROOT = Path(__file__).resolve().parent / "configs"
@@ -119,29 +119,19 @@ CHECKPOINTS = RunCheckpoints(format="kdcl-bench/pretrain-checkpoint-v1",
 
 
 def load(path: str | Path, overrides: list[str] = ()) -> PretrainConfig:
-    cfg = load_config(PretrainConfig, path, overrides)
-    if cfg.name is None:
-        path = Path(path).resolve()
-        try:
-            cfg.name = str(path.relative_to(CONFIG_ROOT).with_suffix(""))
-        except ValueError:
-            cfg.name = path.stem
+    cfg = load_named(PretrainConfig, path, overrides, CONFIG_ROOT)
     validate(cfg)
     return cfg
 
 
 def validate(cfg: PretrainConfig) -> None:
     """Checks that the schema's types cannot express."""
-    def choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
-        if value not in allowed:
-            raise ConfigError(f"{key}={value!r} is not one of: {', '.join(allowed)}")
-
-    choice("method.name", cfg.method.name, METHODS)
-    choice("data.dataset", cfg.data.dataset, DATASETS)
-    choice("data.policy", cfg.data.policy, POLICIES)
-    choice("data.decode", cfg.data.decode, ("cpu", "device"))
-    choice("train.amp", cfg.train.amp, ("off", "bf16", "fp16"))
-    choice("method.general_error", cfg.method.general_error, ("squared", "cross_entropy"))
+    check_choice("method.name", cfg.method.name, METHODS)
+    check_choice("data.dataset", cfg.data.dataset, DATASETS)
+    check_choice("data.policy", cfg.data.policy, POLICIES)
+    check_choice("data.decode", cfg.data.decode, ("cpu", "device"))
+    check_choice("train.amp", cfg.train.amp, ("off", "bf16", "fp16"))
+    check_choice("method.general_error", cfg.method.general_error, ("squared", "cross_entropy"))
     if not cfg.students:
         raise ConfigError("no students: list at least one under `students:` "
                           "(e.g. - {arch: resnet18})")

@@ -11,7 +11,7 @@ from typing import Optional
 
 from kdcl_common import ConfigError, schedule
 from kdcl_common.checkpoint import RunCheckpoints
-from kdcl_common.config import load_config, option
+from kdcl_common.config import check_choice, load_named, option
 from kdcl_common.schedule import OptimConfig
 
 from .convert import DETECTION_ARCHS
@@ -92,30 +92,20 @@ class TransferConfig:
 
 
 def load(path: str | Path, overrides: list[str] = ()) -> TransferConfig:
-    cfg = load_config(TransferConfig, path, overrides)
-    if cfg.name is None:
-        path = Path(path).resolve()
-        try:
-            cfg.name = str(path.relative_to(CONFIG_ROOT).with_suffix(""))
-        except ValueError:
-            cfg.name = path.stem
+    cfg = load_named(TransferConfig, path, overrides, CONFIG_ROOT)
     validate(cfg)
     return cfg
 
 
 def validate(cfg: TransferConfig) -> None:
-    def choice(key: str, value, allowed) -> None:
-        if value not in allowed:
-            raise ConfigError(f"{key}={value!r} is not one of: {', '.join(map(str, allowed))}")
-
-    choice("backend", cfg.backend, ("torchvision",))
-    choice("model.detector", cfg.model.detector, tuple(DETECTORS))
-    choice("model.norm", cfg.model.norm, ("bn", "syncbn", "frozen_bn"))
-    choice("model.head_norm", cfg.model.head_norm, ("none", "bn"))
+    check_choice("backend", cfg.backend, ("torchvision",))
+    check_choice("model.detector", cfg.model.detector, tuple(DETECTORS))
+    check_choice("model.norm", cfg.model.norm, ("bn", "syncbn", "frozen_bn"))
+    check_choice("model.head_norm", cfg.model.head_norm, ("none", "bn"))
     if cfg.model.backbone is not None:
-        choice("model.backbone", cfg.model.backbone, DETECTION_ARCHS)
-    choice("model.trainable_layers", cfg.model.trainable_layers, range(6))
-    choice("data.dataset", cfg.data.dataset, ("coco", "synthetic"))
-    choice("train.amp", cfg.train.amp, ("off", "bf16", "fp16"))
+        check_choice("model.backbone", cfg.model.backbone, DETECTION_ARCHS)
+    check_choice("model.trainable_layers", cfg.model.trainable_layers, range(6))
+    check_choice("data.dataset", cfg.data.dataset, ("coco", "synthetic"))
+    check_choice("train.amp", cfg.train.amp, ("off", "bf16", "fp16"))
     for problem in schedule.check(cfg.optim):
         raise ConfigError(problem)

@@ -1,6 +1,12 @@
-"""Atomic file writes: a reader (or a crash) never sees half a file."""
+"""Atomic file writes: a reader (or a crash) never sees half a file.
+
+Files and folders are created with the modes `open()` and `mkdir` would give them (0666 and
+0777 less the umask), so that a run's outputs are readable on a shared file system. A full
+disk raises DiskFullError, which names the file and says that nothing was replaced.
+"""
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -12,21 +18,79 @@ from typing import Any, Callable
 
 import torch
 
+from . import KdclError
+
+TEMPORARY_SUFFIX = ".tmp"  # atomic writes go through `.<name>.<random>.tmp` beside the target
+
+
+class DiskFullError(KdclError):
+    """No space (or quota) left to write a file; the file it would have replaced is intact."""
+
+    def __init__(self, path: str | os.PathLike, hint: str = ""):
+        self.path = Path(path)
+        super().__init__(f"no space left on the device to write {self.path}: it was not "
+                         f"written, and no existing file was changed. {hint}".rstrip())
+
+
+def umask() -> int:
+    """The process's umask: from /proc on Linux, which only reads it; elsewhere by setting it
+    and setting it back at once, the only portable way."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+def make_public_dir(path: str | os.PathLike) -> None:
+    """Give a folder made by tempfile.mkdtemp (mode 0700) the mode mkdir would have given it."""
+    os.chmod(path, 0o777 & ~umask())
+
+
+def _disk_full(e: OSError) -> bool:
+    return e.errno in (errno.ENOSPC, errno.EDQUOT)
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to a temporary file in the same folder, fsync it, then rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes 0600
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if _disk_full(e):
+            raise DiskFullError(path) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_temporaries(folder: str | os.PathLike, patterns: tuple[str, ...] = ()) -> list[Path]:
+    """Delete what killed atomic writes left in `folder` and below it (`.<name>.<random>.tmp`,
+    plus `patterns`); returns the files removed. Only for a folder that one run owns."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for pattern in (f".*{TEMPORARY_SUFFIX}", *patterns):
+        for stale in folder.rglob(pattern):
+            if stale.is_file():
+                stale.unlink(missing_ok=True)
+                removed.append(stale)
+    return removed
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -43,16 +107,48 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def load_tensors(path: str | os.PathLike, what: str) -> Any:
+    """torch.load(path, weights_only=True) with errors that name the file. A file holding other
+    Python objects (code, classes) is refused as not plain; the safety is never turned off."""
+    import pickle
+
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise KdclError(f"{what} {path} does not exist") from None
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):  # not objects, but bytes that are no pickle
+            raise KdclError(f"{path} cannot be read as a PyTorch {what}: it may be truncated "
+                            f"or not a .pth file") from None
+        raise KdclError(f"{path} is not a plain {what}: it holds Python objects other than "
+                        f"tensors, numbers, strings and containers, which are not unpickled "
+                        f"(that could run code). Save a plain state_dict: "
+                        f"torch.save(model.state_dict(), path).") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise KdclError(f"{path} cannot be read as a PyTorch {what} ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else 'no detail'}): it may be "
+                        f"truncated or not a .pth file") from None
+
+
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     """Append one JSON line with a single O_APPEND write, so concurrent writers never
     interleave and a crash leaves either the whole line or none of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(record, sort_keys=False, default=str) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # less the umask
     try:
-        os.write(fd, line)
+        before = os.fstat(fd).st_size
+        written = os.write(fd, line)
+        if written != len(line):  # only a full disk shortens a regular file's write
+            os.ftruncate(fd, before)  # no partial line for the next record to run into
+            raise OSError(errno.ENOSPC, "short write")
         os.fsync(fd)
+    except OSError as e:
+        if _disk_full(e):
+            raise DiskFullError(path, "The record was not appended.") from None
+        raise
     finally:
         os.close(fd)
 
@@ -85,6 +181,7 @@ def generated_folder(root: str | os.PathLike, params: dict, marker: str, what: s
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    make_public_dir(tmp)
     try:
         write(tmp)
         (tmp / marker).write_text(json.dumps(params))

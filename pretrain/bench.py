@@ -476,7 +476,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--only", action="append", metavar="PREFIX",
                         help="run only the cases starting with PREFIX (e.g. data, kdcl:kdcl_naive; "
                         "repeatable)")
-    parser.add_argument("--out", default="results/bench", help="folder of the JSON and Markdown")
+    parser.add_argument("--out", default="runs/bench",
+                        help="folder of the JSON and Markdown (default: runs/bench, not tracked; "
+                        "the reports the README quotes are copied to results/bench)")
     parser.add_argument("--name", help="file name (default: config name and device)")
     return parser
 

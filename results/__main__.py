@@ -21,9 +21,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Build the tables (Markdown, CSV, LaTeX), figures (PNG) and README of the "
                     "results from the result records. Malformed record lines are skipped with a "
                     "warning naming file:line; output folders are replaced whole.")
-    parser.add_argument("--records", nargs="+", type=Path, default=[RESULTS / "records"],
-                        metavar="PATH", help="JSONL files or folders of *.jsonl "
-                        "(default: results/records)")
+    parser.add_argument("--records", nargs="+", type=Path, default=None, metavar="PATH",
+                        help="JSONL files or folders of *.jsonl; each must exist "
+                        "(default: results/records, where the stages append them)")
     parser.add_argument("--out", type=Path, default=RESULTS, metavar="DIR",
                         help="where tables/, figures/ and README.md go (default: results/)")
     parser.add_argument("--no-figures", action="store_true", help="skip the figures")
@@ -32,6 +32,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    if args.records is None:  # the default: no records yet is not an error (nothing run yet)
+        return build([RESULTS / "records"], args.out, draw=not args.no_figures)
+    for path in args.records:
+        if not path.is_file() and not path.is_dir():
+            what = "is neither a file nor a folder" if path.exists() else "does not exist"
+            print(f"python -m results: error: --records {path} {what}: give a JSONL file of "
+                  "result records or a folder of *.jsonl files", file=sys.stderr)
+            return 2
     return build(args.records, args.out, draw=not args.no_figures)
 
 

@@ -2,7 +2,8 @@
 
 Every output folder is built in a temporary folder beside it and swapped in by renames, so a
 crash leaves the previous complete folder (never half of a new one); leftovers of a crash are
-removed by the next build.
+removed by the next build. Output folders get the mode mkdir would give them (0777 less the
+umask), so that others on a shared file system can read the tables.
 """
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-from kdcl_common.io import atomic_write_text
+from kdcl_common.io import atomic_write_text, make_public_dir
 
-from . import curves, figures, records, render, report, tables
+from . import collect, curves, plots, render, report, tabulate
 
 RESULTS = Path("results")  # relative to the working directory, like the stages' records
 
@@ -28,6 +29,7 @@ def staged(target: Path):
         shutil.rmtree(leftover, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
     try:
+        make_public_dir(tmp)  # mkdtemp makes 0700
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -43,7 +45,7 @@ def staged(target: Path):
 def _warned(log, fn, *args):
     """fn(*args), printing the warnings it raised (malformed records, missing run folders)."""
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", records.RecordWarning)
+        warnings.simplefilter("always", collect.RecordWarning)
         result = fn(*args)
     messages = [str(w.message) for w in caught]
     for message in messages:
@@ -53,12 +55,14 @@ def _warned(log, fn, *args):
 
 def build(sources: list[Path], out: Path = RESULTS, draw: bool = True, log=print) -> int:
     """Rebuild `out`/tables, `out`/figures (unless `draw` is False) and `out`/README.md."""
-    data, warned = _warned(log, records.load, sources)
+    data, warned = _warned(log, collect.load, sources)
     if data.empty:
-        log(f"No result records in {', '.join(map(str, sources))}: nothing to tabulate; "
-            "existing tables were left as they are. Run the stages first (bash run_all.sh).")
+        skipped = " (every record found was skipped: see the warnings above)" if warned else ""
+        log(f"No result records in {', '.join(map(str, sources))}{skipped}: nothing to "
+            "tabulate; existing tables were left as they are. Run the stages first "
+            "(bash run_all.sh).")
         return 0
-    built, pooled = _warned(log, tables.build, data, tables.load_paper())
+    built, pooled = _warned(log, tabulate.build, data, tabulate.load_paper())
     files: dict[str, list[Path]] = {}
     with staged(out / "tables") as tmp:
         for table in built:
@@ -67,7 +71,7 @@ def build(sources: list[Path], out: Path = RESULTS, draw: bool = True, log=print
     if draw:
         progress, _ = _warned(log, curves.read, data)
         with staged(out / "figures") as tmp:
-            figures.draw(built, data, progress, tmp)
+            plots.draw(built, data, progress, tmp)
     # Without `draw` the previous figures stay and are still listed.
     files["figures"] = sorted((out / "figures").iterdir()) if (out / "figures").is_dir() else []
     atomic_write_text(out / "README.md", report.readme(data, built, files, sources,

@@ -7,8 +7,8 @@ import warnings
 
 import pandas as pd
 
-from .records import RecordWarning, run_path
-from .tables import method_label
+from .collect import RecordWarning, run_path
+from .tabulate import method_label
 
 
 def read(data: pd.DataFrame) -> pd.DataFrame:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .records import REPO_ROOT, run_path
-from .tables import SMOKE_NOTE, Table, device, has
+from .collect import REPO_ROOT, run_path
+from .tabulate import SMOKE_NOTE, Table, device, has
 
 
 def _hosts(runs: pd.DataFrame) -> list[str]:

@@ -47,6 +47,14 @@ def test_derived_ratios_by_hand():
     assert derived["icl_data_cost"] == {"views": 2, "ratio": 1.25}
 
 
+def test_reports_go_to_an_untracked_folder_by_default():
+    # results/bench holds the reports the README quotes, copied there on purpose; a run must not
+    # overwrite them (runs/ is in .gitignore).
+    args = bench.get_args_parser().parse_args([str(SMOKE / "kdcl_naive.yaml")])
+    assert args.out == "runs/bench"
+    assert "runs/bench" in bench.get_args_parser().format_help()
+
+
 def test_the_command_end_to_end(tmp_path, tiny_root):
     overrides = tiny_overrides(tiny_root, tmp_path, **{"optim.batch_size": 8})
     argv = [str(SMOKE / "kdcl_naive.yaml"), *overrides, "--warmup", "1", "--windows", "2",

@@ -1,16 +1,22 @@
 """The results stage on constructed records: cell values, paper columns, significance, skipped
-lines, atomic replacement of the output folders, the smoke caption and the CLI end to end."""
+lines (malformed, or a field of the wrong type), stale records (transfer from replaced weights,
+KD from a replaced teacher), atomic replacement of the output folders and their modes, the smoke
+caption and the CLI end to end (a records path that does not exist included)."""
 import json
 import math
+import os
+import stat
+import warnings
 
 import pandas as pd
 import pytest
 import scipy.stats
 
-from results import build, records, render, stats, tables
+from results import build, collect, render, stats, tabulate
 from results.__main__ import main
 
 GROUP = "cifar_resnet32+wrn_16_2"
+PAPER_ONLY = tabulate.PAPER_ONLY
 
 
 def pretrain(method, student, seed, top1, *, setting="cifar", preset="cifar", icl=False,
@@ -61,7 +67,7 @@ def write_jsonl(path, items):
 
 
 def build_tables(items):
-    return {t.name: t for t in tables.build(records.frame(items), tables.load_paper())}
+    return {t.name: t for t in tabulate.build(collect.frame(items), tabulate.load_paper())}
 
 
 def test_pretrain_cells_mean_std_delta_and_paper():
@@ -123,22 +129,22 @@ def test_transfer_delta_against_independent_backbone_and_paper_table_8():
     # Cost: GPUs only when the devices are GPUs.
     cost = built["cost"].data
     assert set(cost["gpus"]) == {8} and cost["gpu_hours"].sum() == pytest.approx(32.0)
-    assert tables.device(["x86_64"], 2) == (0, "CPU (x86_64)")
+    assert tabulate.device(["x86_64"], 2) == (0, "CPU (x86_64)")
 
 
 def test_a_config_changed_between_seeds_is_reported():
     items = [pretrain("independent", "cifar_resnet32", s, 70, config_hash=h)
              for s, h in enumerate(["aaa", "bbb"])]
-    with pytest.warns(records.RecordWarning, match="2 different versions of the config"):
-        records.frame(items)
+    with pytest.warns(collect.RecordWarning, match="2 different versions of the config"):
+        collect.frame(items)
 
 
 def test_malformed_lines_are_skipped_with_file_and_line(tmp_path):
     good = pretrain("independent", "cifar_resnet32", 0, 70)
     missing = {k: v for k, v in good.items() if k != "seed"}
     path = write_jsonl(tmp_path / "r.jsonl", [good, "{not json", missing, "[1, 2]"])
-    with pytest.warns(records.RecordWarning) as caught:
-        got = records.read([tmp_path])
+    with pytest.warns(collect.RecordWarning) as caught:
+        got = collect.read([tmp_path])
     assert len(got) == 1
     messages = [str(w.message) for w in caught]
     assert any(f"{path}:2" in m and "not JSON" in m for m in messages)
@@ -210,3 +216,131 @@ def test_cli_without_records_says_so(tmp_path, capsys):
     assert main(["--records", str(tmp_path), "--out", str(tmp_path / "out"), "--no-figures"]) == 0
     assert "No result records" in capsys.readouterr().out
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("seed", "zero", "seed is 'zero', not an integer"),
+    ("seed", True, "seed is true, not an integer"),
+    ("config", None, "config is null, not a non-empty string"),
+    ("run_dir", "", "run_dir is '', not a non-empty string"),
+    ("metrics", [70.0], "metrics is a list, not an object"),
+])
+def test_a_field_of_the_wrong_type_is_skipped_with_file_and_line(tmp_path, capsys, field, value,
+                                                                 message):
+    items = cifar_records()
+    bad = {**pretrain("kdcl_linear", "cifar_resnet32", 0, 71), field: value}
+    source = write_jsonl(tmp_path / "records.jsonl", [*items[:2], bad, *items[2:]])
+    out = tmp_path / "out"
+    assert main(["--records", str(source), "--out", str(out), "--no-figures"]) == 0
+    warning = f"{source}:3: skipped, {message}"
+    assert f"warning: {warning}" in capsys.readouterr().out
+    assert f"- warning: {warning}" in (out / "README.md").read_text()
+    csv = pd.read_csv(out / "tables" / "pretrain_cifar.csv")  # the good records still count
+    assert set(csv["method"]) >= {"independent", "kdcl_general", "kdcl_naive"}
+    assert "kdcl_linear" not in set(csv["method"])
+    assert csv[csv["method"] == "kdcl_general"].iloc[0]["cifar_resnet32/top-1/n"] == 3
+
+
+def test_records_path_that_does_not_exist_is_an_error(tmp_path, capsys):
+    missing = tmp_path / "no" / "records.jsonl"
+    out = tmp_path / "out"
+    assert main(["--records", str(tmp_path), str(missing), "--out", str(out)]) == 2
+    printed = capsys.readouterr()
+    assert printed.out == "" and "Traceback" not in printed.err
+    assert (f"--records {missing} does not exist: give a JSONL file of result records or a "
+            "folder of *.jsonl files") in printed.err
+    assert not out.exists()
+
+
+def test_output_folders_honour_the_umask(tmp_path):
+    source = write_jsonl(tmp_path / "records.jsonl", cifar_records())
+    old = os.umask(0o022)
+    try:
+        assert main(["--records", str(source), "--out", str(tmp_path / "out"),
+                     "--no-figures"]) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out" / "tables").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "out" / "tables" / "pretrain_cifar.md").stat().st_mode) \
+        == 0o644
+    assert stat.S_IMODE((tmp_path / "out" / "README.md").stat().st_mode) == 0o644
+
+
+# Staleness: pre-training records name their export (artifact) and its sha256; transfer records
+# the export they fine-tuned (backbone_path) and its sha256; KD records their teacher's.
+EXPORT = "runs/pretrain/smoke/{method}/seed0/export/resnet18.pth"
+SHA = {"a": "a" * 12 + "1" * 52, "b": "b" * 12 + "2" * 52, "c": "c" * 12 + "3" * 52}
+
+
+def export_record(method, sha, day, **extra):
+    return pretrain(method, "resnet18", 0, 60.0, setting="smoke", preset="smoke",
+                    artifact=EXPORT.format(method=method), backbone_sha256=SHA[sha],
+                    created=f"2026-01-0{day}T00:00:00+00:00", **extra)
+
+
+def transfer_from(method, sha, path=None, **extra):
+    return {**transfer(method, 0, 30.0), "backbone_path": path or EXPORT.format(method=method),
+            "backbone_sha256": SHA[sha], "config_file": "transfer/configs/x.yaml", **extra}
+
+
+def test_a_transfer_record_from_replaced_weights_is_dropped_with_a_warning(tmp_path, capsys):
+    items = [export_record("independent", "a", 1),
+             export_record("kdcl_minlogit", "c", 1),
+             # written as an absolute path and with `./`: the same export once normalised
+             transfer_from("independent", "a",
+                           str(collect.REPO_ROOT / EXPORT.format(method="independent"))),
+             transfer_from("kdcl_minlogit", "c", "./" + EXPORT.format(method="kdcl_minlogit")),
+             export_record("independent", "b", 3)]  # pre-training re-run: new weights
+    source = write_jsonl(tmp_path / "records.jsonl", items)
+    out = tmp_path / "out"
+    assert main(["--records", str(source), "--out", str(out), "--no-figures"]) == 0
+    path = collect.REPO_ROOT / EXPORT.format(method="independent")
+    warning = (f"{source}:3: skipped, stale: made from the backbone {path} with sha256 "
+               f"aaaaaaaaaaaa, which pre-training has since replaced (newest record {source}:5: "
+               "sha256 bbbbbbbbbbbb); refresh it with `bash run_all.sh` (it reruns stale "
+               "transfer steps) or `python -m transfer transfer/configs/x.yaml --backbone "
+               f"{path} --restart`")
+    assert f"warning: {warning}" in capsys.readouterr().out
+    assert f"- warning: {warning}" in (out / "README.md").read_text()
+    csv = pd.read_csv(out / "tables" / "transfer_paper_paper14ep_syncbn.csv")
+    ours = [m for m in csv["method"] if not m.endswith(PAPER_ONLY)]
+    assert ours == ["kdcl_minlogit"]  # the fresh record stays, the stale one is gone
+
+
+def test_fresh_and_foreign_transfer_records_are_kept(tmp_path):
+    items = [export_record("independent", "a", 1), export_record("independent", "a", 3),
+             transfer_from("independent", "a"),
+             # weights from elsewhere: no pre-training record names the export
+             transfer_from("kdcl_minlogit", "c", "/elsewhere/resnet18.pth"),
+             # older records carry no sha256: nothing to compare
+             {**transfer("dml", 0, 31.0), "backbone_path": EXPORT.format(method="independent")}]
+    source = write_jsonl(tmp_path / "records.jsonl", items)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", collect.RecordWarning)
+        data = collect.load([source])
+    transfer_runs = data[data["stage"] == "transfer"]
+    assert set(transfer_runs["method"]) == {"independent", "kdcl_minlogit", "dml"}
+
+
+def test_a_kd_record_from_a_replaced_teacher_is_dropped_with_a_warning(tmp_path):
+    teacher = EXPORT.format(method="independent")
+    kd = dict(method="kd", teacher=teacher, config="smoke/kd",
+              config_file="pretrain/configs/x.yaml")
+    items = [export_record("independent", "a", 1),
+             {**pretrain("kd", "mobilenet_v2", 0, 50.0, setting="smoke", preset="smoke"), **kd,
+              "teacher_sha256": SHA["a"], "run_dir": "runs/pretrain/smoke/kd/seed0"},
+             {**pretrain("kd", "mobilenet_v2", 1, 51.0, setting="smoke", preset="smoke"), **kd,
+              "run_dir": "runs/pretrain/smoke/kd/seed1"},  # older: no teacher_sha256, kept
+             {**pretrain("kd", "mobilenet_v2", 2, 52.0, setting="smoke", preset="smoke"), **kd,
+              "teacher_sha256": SHA["b"], "run_dir": "runs/pretrain/smoke/kd/seed2"},  # fresh
+             export_record("independent", "b", 4)]
+    source = write_jsonl(tmp_path / "records.jsonl", items)
+    with pytest.warns(collect.RecordWarning) as caught:
+        data = collect.load([source])
+    assert [str(w.message) for w in caught] == [
+        f"{source}:2: skipped, stale: made from the teacher {teacher} with sha256 aaaaaaaaaaaa, "
+        f"which pre-training has since replaced (newest record {source}:5: sha256 "
+        "bbbbbbbbbbbb); refresh it with `bash run_all.sh` (it reruns stale KD runs) or "
+        "`python -m pretrain pretrain/configs/x.yaml seed=0 --restart`"]
+    kd_runs = data[data["method"] == "kd"]
+    assert sorted(set(kd_runs["seed"])) == [1, 2]

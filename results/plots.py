@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .tables import SMOKE_NOTE, Table, has, row_order, slug, student_order  # noqa: E402
+from .tabulate import SMOKE_NOTE, Table, has, row_order, slug, student_order  # noqa: E402
 
 
 def _row_text(key) -> str:

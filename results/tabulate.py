@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import stats
-from .records import RecordWarning
+from .collect import RecordWarning
 
 PAPER_CSV = Path(__file__).with_name("paper_kdcl.csv")
 METHODS = ["independent", "dml", "kd", "mean", "kdcl_naive", "kdcl_linear", "kdcl_minlogit",

@@ -1,0 +1,199 @@
+"""Result records into a tidy pandas table: one row per record and metric. What a record holds
+is documented where the stages write it: `kdcl_common/records.py`.
+
+Records come from `results/records/*.jsonl` (one JSON object per line, appended by the stages).
+A line that is not JSON, lacks a required field or has one of the wrong type is skipped with a
+warning naming its file and line. A run exported twice (a re-run after a crash between export
+and record) keeps its newest record. A stale record, made from weights that a later pre-training
+run has replaced (a transfer record from an old export, a KD record from an old teacher), is
+dropped with a warning that says how to refresh it.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+REQUIRED = ("stage", "task", "dataset", "backend", "backbone", "method", "metrics", "seed",
+            "preset", "config", "run_dir", "created")
+# Extra fields carried into the table when present (they identify or describe the run).
+OPTIONAL = ("student", "icl", "group", "teacher", "epochs", "protocol", "detector", "head",
+            "pretrain_config", "pretrain_seed", "config_file", "config_hash", "git_commit",
+            "git_dirty", "world_size", "devices", "wall_seconds", "images_per_second",
+            "backbone_sha256", "iterations", "versions", "artifact", "backbone_path",
+            "teacher_sha256")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# What each required field must be: the check, and the words for it in a warning.
+_TEXT = (lambda v: isinstance(v, str) and v != "", "a non-empty string")
+TYPES = {**{k: _TEXT for k in REQUIRED if k not in ("seed", "metrics")},
+         "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+         "metrics": (lambda v: isinstance(v, dict), "an object")}
+
+
+class RecordWarning(UserWarning):
+    pass
+
+
+def read(paths: list[Path]) -> list[dict]:
+    """Valid records from `paths` (files, or folders of *.jsonl)."""
+    files: list[Path] = []
+    for path in paths:
+        path = Path(path)
+        files += sorted(path.glob("*.jsonl")) if path.is_dir() else [path] if path.is_file() else []
+    out = []
+    for file in files:
+        for number, line in enumerate(file.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            where = f"{file}:{number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                warnings.warn(f"{where}: skipped, not JSON ({e.msg})", RecordWarning, stacklevel=2)
+                continue
+            if not isinstance(record, dict):
+                warnings.warn(f"{where}: skipped, not a JSON object", RecordWarning, stacklevel=2)
+                continue
+            missing = [k for k in REQUIRED if k not in record]
+            if missing:
+                warnings.warn(f"{where}: skipped, missing {', '.join(missing)}", RecordWarning,
+                              stacklevel=2)
+                continue
+            wrong = [f"{k} is {_shown(record[k])}, not {TYPES[k][1]}" for k in REQUIRED
+                     if not TYPES[k][0](record[k])]
+            if wrong:
+                warnings.warn(f"{where}: skipped, {'; '.join(wrong)}", RecordWarning,
+                              stacklevel=2)
+                continue
+            record["_source"] = where
+            out.append(record)
+    return out
+
+
+def _shown(value) -> str:
+    """A field's value as a warning shows it: JSON's words for null and booleans, strings
+    quoted, containers by kind only (they can be long)."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, str):
+        return repr(value if len(value) <= 40 else value[:37] + "...")
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def identity(record: dict) -> tuple:
+    """What makes two records the same run's result."""
+    return (record["stage"], record["run_dir"], record.get("student") or record["backbone"],
+            record["task"], record["backend"])
+
+
+def setting_of(config: str | None) -> str:
+    """The folder of a config name: smoke, cifar, imagenet/r50_r18, torchvision, ..."""
+    return str(Path(config).parent) if config and "/" in config else (config or "")
+
+
+def _export_key(path) -> Path | None:
+    """An export path as written in a record, made comparable: relative paths are relative to
+    the repository root (like `run_path`), `..` and symbolic links resolved."""
+    if not isinstance(path, str) or not path:
+        return None
+    return run_path(path).resolve()
+
+
+def _short_sha(sha) -> str:
+    return str(sha)[:12]
+
+
+def exports(records: list[dict]) -> dict[Path, dict]:
+    """Per export path, the newest pre-training record that names it as its `artifact`."""
+    newest: dict[Path, dict] = {}
+    for record in records:
+        key = _export_key(record.get("artifact")) if record["stage"] == "pretrain" else None
+        if key is not None and (key not in newest
+                                or str(record["created"]) >= str(newest[key]["created"])):
+            newest[key] = record
+    return newest
+
+
+def stale(record: dict, exported: dict[Path, dict]) -> str | None:
+    """Why `record` is stale (its weights came from an export that pre-training has since
+    replaced), or None: a transfer record's backbone, a KD record's teacher. A record whose
+    export no pre-training record names (weights from elsewhere), or without the sha256 it was
+    made from (older records), is not stale."""
+    if record["stage"] == "transfer":
+        path, sha, what = record.get("backbone_path"), record.get("backbone_sha256"), "backbone"
+    elif record["stage"] == "pretrain" and record.get("teacher"):
+        path, sha, what = record.get("teacher"), record.get("teacher_sha256"), "teacher"
+    else:
+        return None
+    key = _export_key(path)
+    export = exported.get(key) if key is not None and isinstance(sha, str) and sha else None
+    now = export.get("backbone_sha256") if export else None
+    if not isinstance(now, str) or not now or now == sha:
+        return None
+    where = record.get("_source") or record["run_dir"]
+    newer = export.get("_source") or export["run_dir"]
+    config = record.get("config_file") or "CONFIG"
+    if what == "backbone":
+        redo = (f"`bash run_all.sh` (it reruns stale transfer steps) or "
+                f"`python -m transfer {config} --backbone {path} --restart`")
+    else:
+        redo = (f"`bash run_all.sh` (it reruns stale KD runs) or "
+                f"`python -m pretrain {config} seed={record['seed']} --restart`")
+    return (f"{where}: skipped, stale: made from the {what} {path} with sha256 "
+            f"{_short_sha(sha)}, which pre-training has since replaced (newest record {newer}: "
+            f"sha256 {_short_sha(now)}); refresh it with {redo}")
+
+
+def frame(records: list[dict]) -> pd.DataFrame:
+    """One row per (record, metric) with the identifying columns; newest record per run, stale
+    records (see `stale`) dropped with a warning."""
+    newest: dict[tuple, dict] = {}
+    for record in records:
+        key = identity(record)
+        if key not in newest or str(record["created"]) >= str(newest[key]["created"]):
+            newest[key] = record
+    exported = exports(records)
+    fresh = []
+    for record in newest.values():
+        if (why := stale(record, exported)):
+            warnings.warn(why, RecordWarning, stacklevel=2)
+        else:
+            fresh.append(record)
+    rows = []
+    for record in fresh:
+        base = {k: record[k] for k in REQUIRED if k != "metrics"}
+        base.update({k: record.get(k) for k in OPTIONAL})
+        base["student"] = base["student"] or record["backbone"]
+        base["setting"] = setting_of(record["config"])
+        base["pretrain_setting"] = setting_of(record.get("pretrain_config"))
+        base["source"] = record.get("_source", "")  # file:line when read from disk
+        for metric, value in record["metrics"].items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                rows.append({**base, "metric": metric, "value": float(value)})
+    columns = [*(k for k in REQUIRED if k != "metrics"), *OPTIONAL, "setting", "pretrain_setting",
+               "source", "metric", "value"]
+    data = pd.DataFrame(rows, columns=columns)
+    # object dtype keeps None (not stated) apart from False, and Python bools for `is` tests.
+    data["icl"] = data["icl"].map(lambda v: None if v is None or v != v else bool(v)).astype(object)
+    versions = data.drop_duplicates("run_dir").groupby("config")["config_hash"].nunique()
+    for config, count in versions[versions > 1].items():
+        warnings.warn(f"{config}: runs made from {count} different versions of the config "
+                      "(config_hash) are pooled as seeds of one result", RecordWarning,
+                      stacklevel=2)
+    return data
+
+
+def load(paths: list[Path]) -> pd.DataFrame:
+    return frame(read(paths))
+
+
+def run_path(run_dir: str) -> Path:
+    """A record's run directory on this machine (the stages write it relative to the repo)."""
+    path = Path(run_dir)
+    return path if path.is_absolute() else REPO_ROOT / path

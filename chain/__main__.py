@@ -1,7 +1,7 @@
 """`python -m chain`: the whole chain of a preset (what `bash run_all.sh` calls after set-up).
 
   python -m chain                               # smoke: generated data, CPU, about 15 minutes
-  python -m chain --dry-run                     # the plan, with what is already done
+  python -m chain --dry-run                     # the plan, with each step's state now
   python -m chain --only pretrain               # a subset: stage, backend or part of a label
   python -m chain --only transfer --only mmseg  # (several --only: any of them)
   CIFAR100_ROOT=/data/cifar-100-python python -m chain --preset cifar
@@ -46,16 +46,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def launcher(step: plan.Step) -> list[str]:
-    """python -m, or torchrun -m with the GPUs/nodes from the environment."""
+def launcher(step: plan.Step, state: str = "todo") -> list[str]:
+    """python -m, or torchrun -m with the GPUs/nodes from the environment; --resume for a
+    step to do (it continues a killed run), --restart for a stale one."""
     nproc = os.environ.get("NPROC_PER_NODE", "1")
     extra = shlex.split(os.environ.get("TORCHRUN_ARGS", ""))
+    args = [*step.args]
+    if step.stage != "results":
+        args.append("--restart" if state == "stale" else "--resume")
     if step.backend == "detectron2":  # its own launcher spawns the processes
-        return [sys.executable, "-m", *step.args, "--num-gpus", nproc,
+        return [sys.executable, "-m", *args, "--num-gpus", nproc,
                 *shlex.split(os.environ.get("D2_LAUNCH_ARGS", ""))]
     if step.stage != "results" and (nproc != "1" or extra):
-        return ["torchrun", *extra, "--nproc_per_node", nproc, "-m", *step.args]
-    return [sys.executable, "-m", *step.args]
+        return ["torchrun", *extra, "--nproc_per_node", nproc, "-m", *args]
+    return [sys.executable, "-m", *args]
 
 
 def missing_data(steps: list[plan.Step]) -> list[str]:
@@ -81,6 +85,13 @@ def clock(seconds: float) -> str:
     return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
 
 
+def environment_ready() -> bool:
+    """Whether the stages' own code can be imported here (else states come from files)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("torch", "omegaconf"))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     os.chdir(ROOT)
@@ -88,25 +99,33 @@ def main(argv: list[str] | None = None) -> int:
     installed = plan.available_backends()
     backends = args.backends or [b for b in plan.BACKENDS if installed[b]]
     absent = [b for b in backends if not installed[b]]
-    steps = plan.select(plan.build(args.preset, seeds, backends), args.only)
-    todo = [s for s in steps if s.done is None or not s.done.is_file()]
+    try:
+        steps = plan.select(plan.build(args.preset, seeds, backends), args.only)
+    except ValueError as e:
+        print(f"run_all: {e}", file=sys.stderr)
+        return 2
+    exact = environment_ready()
 
     transfers = "" if args.preset == "cifar" else f", backends {', '.join(backends) or 'none'}"
     print(f"run_all: preset {args.preset}, seeds {' '.join(map(str, seeds))}{transfers}: "
-          f"{len(steps)} steps, {len(steps) - len(todo)} already done")
+          f"{len(steps)} steps")
     if not installed["detectron2"] and plan.TRANSFER_CONFIGS[args.preset].get("detectron2") \
             and args.backends is None:
         print("run_all: Detectron2 is not installed, so its transfer runs are left out; add "
               "them with `bash scripts/setup.sh --detectron2` (builds it from its git repository)")
     if args.dry_run:
+        if not exact:
+            print("run_all: states from the run folders' files only (configs not compared: "
+                  "the environment is not set up)")
         for step in steps:
-            print(f"  [{'todo' if step in todo else 'done'}] {shown(launcher(step))}")
+            state, why = step.state(exact)
+            print(f"  [{state}] {shown(launcher(step, state))}" + (f"\n         {why}" if why else ""))
         return 0
     if absent:
         print(f"run_all: backend {', '.join(absent)} is not installed in {sys.executable}; "
               f"install it (README, Set-up) or leave it out of --backends", file=sys.stderr)
         return 2
-    problems = missing_data(todo)
+    problems = missing_data([s for s in steps if s.state(exact)[0] != "done"])
     if problems:
         print("run_all: the dataset paths are missing:\n" + "\n".join(problems) + "\nSet them, "
               f"e.g. `IMAGENET_ROOT=/data/imagenet bash run_all.sh --preset {args.preset}`, or "
@@ -116,26 +135,24 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     for number, step in enumerate(steps, start=1):
         head = f"[run_all {clock(time.monotonic() - start)}] {number}/{len(steps)} {step.label}"
-        if step not in todo:
-            print(f"{head}: done, skipped")
-            continue
         if step.backbone is not None and not step.backbone.is_file():
             print(f"{head}: the backbone {step.backbone} does not exist; run its pre-training "
                   f"first (bash run_all.sh --preset {args.preset} --only pretrain)",
                   file=sys.stderr)
             return 2
-        print(head, flush=True)
-        command = launcher(step)
+        state, why = step.state(exact)  # now: earlier steps may have replaced its inputs
+        if state == "done":
+            print(f"{head}: done, skipped")
+            continue
+        print(head + (f": stale ({why}), running it again" if state == "stale" else ""),
+              flush=True)
+        command = launcher(step, state)
         code = subprocess.call(command)
         if code != 0:
             print(f"run_all: step {number} failed (exit code {code}):\n  {shown(command)}\n"
                   "Fix the cause and run the same run_all.sh command again: finished steps are "
                   "skipped and this one resumes from its last checkpoint.", file=sys.stderr)
             return code
-        # (on several nodes, another node's rank 0 may still be writing it)
-        if step.done is not None and not step.done.is_file() and not os.environ.get("TORCHRUN_ARGS"):
-            print(f"run_all: warning: step {number} exited cleanly but {step.done} is missing",
-                  file=sys.stderr)
     print(f"[run_all {clock(time.monotonic() - start)}] finished: tables in results/tables/, "
           "figures in results/figures/, the run's provenance in results/README.md")
     return 0

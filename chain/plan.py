@@ -1,21 +1,32 @@
-"""What `run_all.sh` runs: the steps of a preset, in order, and how to tell that one has finished.
+"""What `run_all.sh` runs: the steps of a preset, in order, and the state of each.
 
-Standard library only, so `run_all.sh --dry-run` can print the plan before the environment
-exists. Every step is a command a user could type; the chain adds nothing they could not do by
-hand. A step is finished when the file its stage writes last exists (a pre-training run's export
-manifest, a transfer run's result.json); such steps are skipped, so a killed chain resumes.
+Every step is a command a user could type; the chain adds nothing they could not do by hand.
+A step's state is decided when the chain reaches it (pre-training earlier in the same call may
+have replaced the export a transfer step fine-tunes), by the stage's own run-folder policy
+(kdcl_common/runs.py): 'done' (finished, from the same config and weights: skipped), 'todo'
+(run with --resume, which also continues a killed run) or 'stale' (made from other weights or
+another config: run with --restart, which archives the old folder).
+
+Standard library only at import, so `run_all.sh --dry-run` prints the plan before the
+environment exists; without it, a state is judged from the files alone (kdcl_common/identity.py:
+finished, and from the weights recorded), not from the configs.
 """
 from __future__ import annotations
 
-import importlib.util
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from kdcl_common import identity
+from transfer import naming
+from transfer.backends import BACKENDS as REGISTERED
+
 PRETRAIN_ROOT = Path("runs/pretrain")
 TRANSFER_ROOT = Path("runs/transfer")
+TRANSFER_SEED = 0  # every transfer config's seed: the chain varies pre-training seeds only
 PRESETS = ("smoke", "cifar", "paper")
 STAGES = ("pretrain", "transfer", "results")
-BACKENDS = ("torchvision", "detectron2", "mmseg")
+BACKENDS = tuple(sorted(REGISTERED, key=["torchvision", "detectron2", "mmseg"].index))
 
 # The dataset each kind of step reads, and what the variable should point to.
 DATA_VARIABLES = {
@@ -30,11 +41,67 @@ DATA_VARIABLES = {
 class Step:
     stage: str                     # pretrain | transfer | results
     label: str                     # shown in progress lines and matched by --only
-    args: tuple[str, ...]          # `python -m <args>`
-    done: Path | None = None       # exists once the step has finished
+    args: tuple[str, ...]          # `python -m <args>` (the chain adds --resume or --restart)
     needs: tuple[str, ...] = ()    # environment variables naming its datasets
     backend: str | None = None     # transfer backend
     backbone: Path | None = None   # the exported backbone a transfer step fine-tunes
+
+    @property
+    def config(self) -> str:
+        return self.args[1]
+
+    @property
+    def overrides(self) -> list[str]:
+        return [a for a in self.args[2:] if "=" in a and not a.startswith("-")]
+
+    def run_dir(self) -> Path | None:
+        """The run folder the step writes; None for results, and for a transfer step whose
+        backbone is not exported yet (its folder is named after the export's metadata)."""
+        if self.stage == "pretrain":
+            seed = next(a.split("=", 1)[1] for a in self.overrides if a.startswith("seed="))
+            return PRETRAIN_ROOT / Path(self.config).relative_to("pretrain/configs") \
+                .with_suffix("") / f"seed{seed}"
+        if self.stage == "transfer":
+            try:
+                meta = json.loads(identity.metadata_path(self.backbone).read_text())
+            except (OSError, ValueError):
+                return None
+            return naming.run_dir(TRANSFER_ROOT, naming.config_name(self.config), meta,
+                                  self.backbone, TRANSFER_SEED)
+        return None
+
+    def state(self, exact: bool = True) -> tuple[str, str]:
+        """('done' | 'todo' | 'stale', why), from the files as they are now. `exact` asks the
+        stage itself (configs and weights compared; needs the environment), else files only."""
+        if self.stage == "results":
+            return "todo", ""
+        if self.stage == "transfer" and not identity.metadata_path(self.backbone).is_file():
+            return "todo", f"waits for its backbone {self.backbone}"
+        if exact:
+            from kdcl_common import KdclError
+
+            try:
+                if self.stage == "pretrain":
+                    from pretrain.engine import status
+                    return status(self.config, self.overrides)
+                from transfer.lifecycle import status
+                return status(self.config, self.backbone, self.overrides)
+            except KdclError as e:  # the stage says it again, in full, when the step runs
+                return "todo", f"not checked yet: {str(e).splitlines()[0]}"
+        return file_state(self.run_dir(), "result.json" if self.stage == "transfer"
+                          else "export/manifest.json")
+
+
+def file_state(run_dir: Path, marker: str) -> tuple[str, str]:
+    """A step's state from its files alone: finished, and from the weights it recorded."""
+    if not run_dir.is_dir():
+        return "todo", ""
+    stale = identity.stale_inputs(run_dir)
+    if stale is None:
+        return "stale", f"{run_dir} does not record its inputs (an older kdcl-bench)"
+    if stale:
+        return "stale", "made from other weights: " + "; ".join(stale)
+    return ("done", "") if (run_dir / marker).is_file() else ("todo", "")
 
 
 # --------------------------------------------------------------------------- the presets
@@ -83,8 +150,7 @@ ARCH_TAGS = {
     "mobilenet_v2": {"d2": "MBV2", "mm": "mbv2"},
     "mobilenet_v2_x0.5": {"d2": "MBV2", "mm": "mbv2"},
 }
-TRANSFER_NEEDS = {"torchvision": ("COCO_ROOT",), "detectron2": ("COCO_ROOT",),
-                  "mmseg": ("COCO_STUFF_ROOT",)}
+TRANSFER_NEEDS = {name: (entry.data_variable,) for name, entry in REGISTERED.items()}
 PRETRAIN_NEEDS = {"smoke": (), "cifar": ("CIFAR100_ROOT",), "paper": ("IMAGENET_ROOT",)}
 
 
@@ -103,11 +169,6 @@ def pretrain_configs(preset: str, root: Path) -> list[str]:
     return sorted(names, key=lambda n: (rank(n), n))
 
 
-def backbone_id(pretrain_config: str, seed: int, student: str) -> str:
-    """The transfer run folder of a backbone (transfer.backends.torchvision.engine.backbone_id)."""
-    return f"{pretrain_config.replace('/', '-')}-seed{seed}-{student}"
-
-
 def export_of(pretrain_config: str, seed: int, student: str) -> Path:
     return PRETRAIN_ROOT / pretrain_config / f"seed{seed}" / "export" / f"{student}.pth"
 
@@ -123,10 +184,8 @@ def transfer_configs(preset: str, backend: str, student: str) -> list[str]:
 
 
 def available_backends() -> dict[str, bool]:
-    """Which transfer backends this Python can import (torchvision is always there)."""
-    return {"torchvision": True,
-            "detectron2": importlib.util.find_spec("detectron2") is not None,
-            "mmseg": importlib.util.find_spec("mmseg") is not None}
+    """Which transfer backends this Python can import."""
+    return {name: entry.available() for name, entry in REGISTERED.items()}
 
 
 def build(preset: str, seeds: list[int], backends: list[str], root: Path = Path(".")) -> list[Step]:
@@ -138,8 +197,7 @@ def build(preset: str, seeds: list[int], backends: list[str], root: Path = Path(
         for name in pretrain_configs(preset, root):
             steps.append(Step(
                 "pretrain", f"pretrain {name} seed{seed}",
-                ("pretrain", f"pretrain/configs/{name}.yaml", f"seed={seed}", "--resume"),
-                done=PRETRAIN_ROOT / name / f"seed{seed}" / "export" / "manifest.json",
+                ("pretrain", f"pretrain/configs/{name}.yaml", f"seed={seed}"),
                 needs=PRETRAIN_NEEDS[preset]))
     for seed in seeds:
         for sources, students in TRANSFER_SOURCES[preset]:
@@ -148,22 +206,28 @@ def build(preset: str, seeds: list[int], backends: list[str], root: Path = Path(
                     backbone = export_of(source, seed, student)
                     for backend in backends:
                         for config in transfer_configs(preset, backend, student):
-                            run = Path(config).relative_to("transfer/configs").with_suffix("")
                             steps.append(Step(
-                                "transfer",
-                                f"transfer {run} <- {source} seed{seed} {student}",
-                                ("transfer", config, "--backbone", str(backbone), "--resume"),
-                                done=(TRANSFER_ROOT / run / backbone_id(source, seed, student)
-                                      / "seed0" / "result.json"),
+                                "transfer", f"transfer {naming.config_name(config)} <- "
+                                            f"{source} seed{seed} {student}",
+                                ("transfer", config, "--backbone", str(backbone)),
                                 needs=() if preset == "smoke" else TRANSFER_NEEDS[backend],
                                 backend=backend, backbone=backbone))
     steps.append(Step("results", "results tables and figures", ("results",)))
     return steps
 
 
+def matches(step: Step, what: str) -> bool:
+    return what == step.stage or what == step.backend or what in step.label
+
+
 def select(steps: list[Step], only: list[str]) -> list[Step]:
-    """The steps matching any of `only`: a stage, a backend, or a piece of a step's label."""
-    if not only:
-        return steps
-    return [s for s in steps
-            if any(t == s.stage or t == s.backend or t in s.label for t in only)]
+    """The steps matching any of `only`: a stage, a backend, or a piece of a step's label.
+    A `what` that matches no step is an error that lists what would."""
+    unmatched = [w for w in only if not any(matches(s, w) for s in steps)]
+    if unmatched:
+        raise ValueError(
+            f"--only {' '.join(unmatched)} matches no step of this plan. --only takes a stage "
+            f"({', '.join(STAGES)}), a backend ({', '.join(sorted({s.backend for s in steps if s.backend}) or ['none planned'])}) "
+            f"or a piece of a step's name, e.g. {steps[0].label.split()[1] if steps else '?'}; "
+            f"`bash run_all.sh --dry-run` lists the steps")
+    return [s for s in steps if not only or any(matches(s, w) for w in only)]

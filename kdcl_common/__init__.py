@@ -17,3 +17,13 @@ class DataError(KdclError):
 
 class NonFiniteLossError(KdclError):
     """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+
+
+def user_message(error: KdclError) -> str:
+    """The message to show for `error`. An error raised in a DataLoader worker reaches the main
+    process re-raised with the worker's traceback in its text: keep only the message."""
+    text = str(error)
+    if "Original Traceback (most recent call last)" not in text:
+        return text
+    marker = f"{type(error).__name__}: "
+    return text[text.rindex(marker) + len(marker):].strip() if marker in text else text

@@ -1,4 +1,4 @@
-"""The backbone artifact, the contract between pre-training and transfer (DESIGN §4).
+"""The backbone artifact, the contract between pre-training and transfer.
 
 `<name>.pth` is a plain state_dict that loads with strict=True into the constructor named in
 `<name>.json` (e.g. `torchvision.models.resnet18(num_classes=1000)`), so any tool that reads
@@ -11,6 +11,10 @@ torchvision weights can use it. `<name>.json` says how it was made and how to fe
     preprocessing        color order, mean/std on the 0-1 and 0-255 scales, input size
     sha256               of the .pth
     ...                  method, dataset, epochs, metrics, seed, config, git commit (provenance)
+
+The sha256 is what identifies the weights downstream: a transfer run (or a KD run, whose
+teacher is an artifact) records it as its input, and is stale once the file at that path has
+another one (kdcl_common/runs.py).
 """
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ import torch
 import torch.nn as nn
 
 from . import KdclError, models
-from .io import atomic_torch_save, atomic_write_json, sha256_file
+from .identity import metadata_path
+from .io import atomic_torch_save, atomic_write_json, load_tensors, sha256_file
 
 FORMAT = "kdcl-bench/backbone-v1"
 
@@ -40,10 +45,6 @@ def preprocessing(mean: Sequence[float], std: Sequence[float], input_size: int,
         "eval_resize": eval_resize,
         "interpolation": interpolation,
     }
-
-
-def metadata_path(path: str | os.PathLike) -> Path:
-    return Path(path).with_suffix(".json")
 
 
 def save(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any]) -> dict:
@@ -80,16 +81,34 @@ def read_metadata(path: str | os.PathLike) -> dict:
     return meta
 
 
-def load(path: str | os.PathLike, verify_hash: bool = True) -> tuple[nn.Module, dict]:
-    """Build the network described by `<path>.json` and load `<path>.pth` into it strictly."""
+def verified_metadata(path: str | os.PathLike) -> tuple[Path, dict]:
+    """(the .pth, its metadata) with the file's sha256 checked against the metadata's."""
     path = Path(path).with_suffix(".pth")
     if not path.is_file():
         raise KdclError(f"backbone weights not found: {path}")
     meta = read_metadata(path)
-    if verify_hash and meta.get("sha256") and sha256_file(path) != meta["sha256"]:
+    if not meta.get("sha256"):
+        raise KdclError(f"{metadata_path(path)} gives no sha256 for {path}: export the backbone "
+                        f"again with `python -m pretrain` (or kdcl_common.artifact.save)")
+    if sha256_file(path) != meta["sha256"]:
         raise KdclError(f"{path} does not match the sha256 in {metadata_path(path)}: the file "
                         f"was changed or truncated after export")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    return path, meta
+
+
+def as_input(path: str | os.PathLike) -> dict:
+    """The artifact as a run's input: its path and verified sha256 (kdcl_common/runs.py)."""
+    path, meta = verified_metadata(path)
+    return {"path": str(path), "sha256": meta["sha256"]}
+
+
+def load(path: str | os.PathLike) -> tuple[nn.Module, dict]:
+    """Build the network described by `<path>.json` and load `<path>.pth` into it strictly,
+    after checking the file against the sha256 in its metadata."""
+    path, meta = verified_metadata(path)
+    state = load_tensors(path, "state_dict")
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise KdclError(f"{path} is not a plain state_dict (a mapping of names to tensors)")
     model = models.build(meta["architecture"], **meta["constructor_kwargs"])
     load_strict(model, state, f"{path} ({meta['architecture']})")
     return model, meta

@@ -250,11 +250,14 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_diff(old: dict, new: dict, ignore: tuple[str, ...] = ()) -> list[str]:
-    """Lines `key: old -> new` for every leaf that differs (keys in `ignore` are skipped)."""
+    """Lines `key: old -> new` for every leaf that differs. Keys in `ignore` are skipped; an
+    entry `a.b.*` skips everything below `a.b`."""
     a, b = flatten(old), flatten(new)
+    prefixes = tuple(k[:-1] for k in ignore if k.endswith(".*"))
     lines = []
     for key in sorted(set(a) | set(b)):
-        if key in ignore or a.get(key, "<absent>") == b.get(key, "<absent>"):
+        if key in ignore or key.startswith(prefixes) or \
+                a.get(key, "<absent>") == b.get(key, "<absent>"):
             continue
         lines.append(f"  {key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
     return lines

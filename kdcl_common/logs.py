@@ -13,22 +13,45 @@ from tqdm import tqdm
 T = TypeVar("T")
 
 
-def get_logger(name: str, rank: int = 0, log_file: Path | None = None) -> logging.Logger:
-    """Rank 0 logs INFO to stderr (and `log_file`); other ranks log only warnings and errors."""
+FORMAT = logging.Formatter("[%(asctime)s %(name)s] %(message)s", "%H:%M:%S")
+
+
+class _Held(logging.Handler):
+    """Keeps the records logged before the run folder may be written, for its log.txt."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def get_logger(name: str, rank: int = 0) -> logging.Logger:
+    """Rank 0 logs INFO to stderr; other ranks log only warnings and errors. What is logged
+    before `attach_file` is held and written to the file when it is attached: a run's checks
+    log before its folder may be written (kdcl_common/runs.py)."""
     logger = logging.getLogger(name)
     logger.handlers.clear()
     logger.propagate = False
     logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-    fmt = logging.Formatter("[%(asctime)s %(name)s] %(message)s", "%H:%M:%S")
     console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(fmt)
+    console.setFormatter(FORMAT)
     logger.addHandler(console)
-    if log_file is not None and rank == 0:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(log_file)
-        handler.setFormatter(fmt)
-        logger.addHandler(handler)
+    if rank == 0:
+        logger.addHandler(_Held())
     return logger
+
+
+def attach_file(logger: logging.Logger, log_file: Path) -> None:
+    """Log to `log_file` (appending) from now on, starting with what was held."""
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(FORMAT)
+    for held in [h for h in logger.handlers if isinstance(h, _Held)]:
+        for record in held.records:
+            handler.handle(record)
+        logger.removeHandler(held)
+    logger.addHandler(handler)
 
 
 def progress(iterable: Iterable[T], rank: int = 0, **kwargs) -> Iterable[T]:

@@ -1,5 +1,25 @@
-"""Result records (DESIGN §4): one JSON object per line, appended atomically, one per finished
-run (per student for pre-training). Tables are built from these, never from logs."""
+"""Result records: the contract between the stages and `python -m results`.
+
+One JSON object per line of `results/records/<stage>.jsonl`, appended atomically (a single
+O_APPEND write), one per finished run: per student for pre-training, per fine-tuning run for
+transfer. Tables are built from these, never from logs. Every record has
+
+    stage          pretrain | transfer
+    task           classification | detection | instance_segmentation | semantic_segmentation
+    dataset        imagenet, cifar100, coco, coco_stuff164k, synthetic, ...
+    backend        pytorch (pre-training) | torchvision | detectron2 | mmseg
+    backbone       the architecture as a label (resnet18, mobilenet_v2_x0.5)
+    method         independent, dml, kd, mean, kdcl_naive, kdcl_linear, kdcl_minlogit, ...
+    metrics        name -> value; top-1/top-5 in %, AP and mIoU on the 0-100 scale (COCO's)
+    seed, preset, config (its name), config_file, config_hash, run_dir, world_size,
+    wall_seconds, git_commit, git_dirty, devices, versions, created
+
+and, per stage, what identifies its inputs: pre-training `artifact` and `backbone_sha256` (the
+export it wrote), for KD `teacher` and `teacher_sha256`; transfer `backbone_path`,
+`backbone_sha256`, `pretrain_config`, `pretrain_seed`, `pretrain_run`. A record is written
+only after a run finished and its evaluation saw images; `python -m results` drops a record
+whose input has since been replaced (kdcl_common/runs.py: run identity).
+"""
 from __future__ import annotations
 
 from pathlib import Path

@@ -10,7 +10,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import Sampler
 
-from . import ConfigError
+from . import ConfigError, DataError
 
 
 def sample_seed(*parts: int) -> int:
@@ -28,6 +28,9 @@ class GlobalBatchSampler(Sampler):
         if global_batch % world_size:
             raise ConfigError(f"optim.batch_size={global_batch} does not split evenly across "
                               f"{world_size} processes: use a multiple of {world_size}")
+        if size == 0:
+            raise DataError("the training split is empty: there is nothing to train on (check "
+                            "the dataset's root and split)")
         if size < global_batch:
             raise ConfigError(f"optim.batch_size={global_batch} is larger than the training set "
                               f"({size} samples): lower it")

@@ -36,12 +36,33 @@ def learning_rate(cfg: OptimConfig, step: int, steps_per_epoch: int) -> float:
 
 
 def check(cfg: OptimConfig) -> list[str]:
-    """Problems with an optimiser config, as messages (empty when it is fine)."""
+    """Problems with an optimiser config, as messages (empty when it is fine). Each names the
+    key, its value and what it must be. The comparisons are written so that NaN fails them."""
     problems = []
     if cfg.schedule not in ("multistep", "cosine"):
         problems.append(f"optim.schedule={cfg.schedule!r} is not one of: multistep, cosine")
     if cfg.batch_size <= 0 or cfg.epochs <= 0:
         problems.append("optim.batch_size and optim.epochs must be positive")
+
+    def need(key: str, ok: bool, rule: str) -> None:
+        if not ok:
+            problems.append(f"optim.{key}={getattr(cfg, key)!r} must be {rule}")
+
+    need("lr", cfg.lr > 0 and math.isfinite(cfg.lr), "> 0 (the peak learning rate)")
+    need("momentum", 0 <= cfg.momentum < 1, "in [0, 1) (0: plain SGD)")
+    need("weight_decay", cfg.weight_decay >= 0 and math.isfinite(cfg.weight_decay),
+         ">= 0 (0: none)")
+    need("warmup_epochs", cfg.warmup_epochs >= 0 and math.isfinite(cfg.warmup_epochs),
+         ">= 0 (0: no warm-up)")
+    need("warmup_start_lr", cfg.warmup_start_lr >= 0 and math.isfinite(cfg.warmup_start_lr),
+         ">= 0")
+    need("min_lr", cfg.min_lr >= 0 and math.isfinite(cfg.min_lr), ">= 0")
+    need("gamma", cfg.gamma > 0 and math.isfinite(cfg.gamma), "> 0 (the multistep decay factor)")
+    if cfg.nesterov and not cfg.momentum > 0:
+        problems.append(f"optim.nesterov=true needs momentum: optim.momentum={cfg.momentum!r} "
+                        "must be > 0, or set optim.nesterov=false")
+    if any(m < 0 for m in cfg.milestones):
+        problems.append(f"optim.milestones={list(cfg.milestones)} must be epochs >= 0")
     if sorted(cfg.milestones) != list(cfg.milestones):
         problems.append(f"optim.milestones must be increasing, got {cfg.milestones}")
     return problems

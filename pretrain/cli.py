@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kdcl_common import KdclError
+from kdcl_common import KdclError, user_message
 from kdcl_common.config import describe, to_yaml
 
 from . import config
@@ -17,10 +17,13 @@ examples:
   torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint $HOST:29500 \\
       -m pretrain pretrain/configs/imagenet/four_students/kdcl_minlogit.yaml
   python -m pretrain CONFIG --resume      # continue a killed run from its last checkpoint
+  python -m pretrain CONFIG --restart     # archive the run (<run>.superseded-<time>), run again
 
 outputs: <output_root>/<name>/seed<seed>/ holds config.yaml, environment.json, log.txt,
 metrics.jsonl, tensorboard/, checkpoint.pth and export/<student>.{pth,json}; one result record
-per student is appended to `records`.
+per student is appended to `records`. A run is identified by its resolved config and, for kd,
+its teacher's sha256 (run.json): --resume continues only a run of the same identity, so a
+changed config or teacher is refused with what differs, and --restart runs it anew.
 
 config keys (key = default, then what it means):
 """
@@ -34,9 +37,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("config", help="a YAML config, e.g. pretrain/configs/smoke/kdcl_minlogit.yaml")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. optim.lr=0.2 students.0.arch=resnet34")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run from its last checkpoint (a no-op for a finished "
-                             "run; starts from scratch when there is no checkpoint)")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue the run from its last checkpoint (a no-op for a finished "
+                            "run; starts from scratch when there is no checkpoint); refused when "
+                            "the run's config or teacher differs")
+    again.add_argument("--restart", action="store_true",
+                       help="archive the run folder (renamed to <folder>.superseded-<time>) and "
+                            "start the run again")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config and exit")
     return parser
@@ -51,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from .engine import run  # imports torch.distributed etc. only when training
 
-        run(cfg, args.config, resume=args.resume)
+        run(cfg, args.config, resume=args.resume, restart=args.restart)
     except KdclError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {user_message(e)}", file=sys.stderr)
         return 2
     return 0

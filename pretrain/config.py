@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -11,6 +12,7 @@ from typing import Any, Dict, List, Optional
 from kdcl_common import ConfigError, models
 from kdcl_common import schedule
 from kdcl_common.checkpoint import RunCheckpoints
+from kdcl_common.runs import Policy
 from kdcl_common.config import check_choice, load_named, option
 from kdcl_common.schedule import OptimConfig
 
@@ -111,11 +113,14 @@ class PretrainConfig:
         return Path(self.output_root) / str(self.name) / f"seed{self.seed}"
 
 
-# Keys that may change when a run is resumed; any other difference is refused.
-CHECKPOINTS = RunCheckpoints(format="kdcl-bench/pretrain-checkpoint-v1",
-                             finished_marker="export/manifest.json",
-                             resumable_keys=("data.workers", "data.decode", "train.log_interval", "train.compile",
-                                             "train.fused_optimizer"))
+CHECKPOINTS = RunCheckpoints(format="kdcl-bench/pretrain-checkpoint-v1")
+RUNS = Policy(
+    finished_marker="export/manifest.json", has_checkpoint=CHECKPOINTS.exists,
+    # may change on --resume: how the run is executed, not what it computes
+    resumable_keys=("data.workers", "data.decode", "train.log_interval", "train.compile",
+                    "train.fused_optimizer"),
+    # may change on the --resume after a stop for a non-finite loss
+    recovery_keys=("optim.lr", "optim.warmup_epochs", "optim.warmup_start_lr", "train.amp"))
 
 
 def load(path: str | Path, overrides: list[str] = ()) -> PretrainConfig:
@@ -125,7 +130,9 @@ def load(path: str | Path, overrides: list[str] = ()) -> PretrainConfig:
 
 
 def validate(cfg: PretrainConfig) -> None:
-    """Checks that the schema's types cannot express."""
+    """Checks that the schema's types cannot express: choices, ranges, method requirements and
+    the students' constructor arguments (each student is built on the meta device, which
+    allocates nothing)."""
     check_choice("method.name", cfg.method.name, METHODS)
     check_choice("data.dataset", cfg.data.dataset, DATASETS)
     check_choice("data.policy", cfg.data.policy, POLICIES)
@@ -156,3 +163,45 @@ def validate(cfg: PretrainConfig) -> None:
     if len(cfg.data.crop_scale) != 2 or not 0 < cfg.data.crop_scale[0] <= cfg.data.crop_scale[1] <= 1:
         raise ConfigError(f"data.crop_scale must be [low, high] within (0, 1], "
                           f"got {cfg.data.crop_scale}")
+
+    def need(key: str, value: Any, ok: bool, rule: str) -> None:
+        # `ok` is written so that NaN fails it
+        if not ok:
+            raise ConfigError(f"{key}={value!r} must be {rule}")
+
+    data = cfg.data
+    need("data.workers", data.workers, data.workers >= 0,
+         ">= 0 (0: load in the training process)")
+    need("data.image_size", data.image_size, data.image_size > 0, "> 0 (pixels)")
+    if data.policy == "imagenet":
+        need("data.eval_resize", data.eval_resize, data.eval_resize >= data.image_size,
+             f">= data.image_size={data.image_size} (the centre crop is taken from the image "
+             f"resized to it)")
+    need("data.held_out_per_class", data.held_out_per_class, data.held_out_per_class >= 0,
+         ">= 0 (0: none held out)")
+    need("data.max_corrupt_fraction", data.max_corrupt_fraction,
+         0 <= data.max_corrupt_fraction < 1, "in [0, 1) (0: stop at the first undecodable image)")
+    need("data.color_jitter", data.color_jitter,
+         data.color_jitter >= 0 and math.isfinite(data.color_jitter), ">= 0 (0: off)")
+    if data.dataset == "synthetic":
+        for name in ("classes", "train_per_class", "val_per_class", "image_size"):
+            value = getattr(data.synthetic, name)
+            need(f"data.synthetic.{name}", value, value > 0, "> 0")
+    need("method.kd_weight", cfg.method.kd_weight,
+         cfg.method.kd_weight >= 0 and math.isfinite(cfg.method.kd_weight),
+         ">= 0 (0: no distillation term)")
+    need("train.log_interval", cfg.train.log_interval, cfg.train.log_interval > 0,
+         "> 0 (training steps)")
+
+    # A typo in students.N.kwargs would otherwise pass --print-config and stop the run only
+    # when it builds the students.
+    num_classes = {"cifar100": 100, "synthetic": data.synthetic.classes}.get(data.dataset, 10)
+    for i, student in enumerate(cfg.students):
+        key = f"students.{i}.kwargs"
+        if "num_classes" in student.kwargs:
+            raise ConfigError(f"{key}.num_classes: the number of classes comes from the "
+                              f"dataset; remove num_classes from {key}")
+        try:
+            models.check_arguments(student.arch, student.kwargs, num_classes)
+        except ConfigError as e:
+            raise ConfigError(f"{key}{e}") from None

@@ -9,6 +9,7 @@ on the device and are read once per log interval: the step has no host-device sy
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from contextlib import AbstractContextManager, nullcontext
@@ -21,20 +22,26 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from kdcl_common import NonFiniteLossError, models, provenance
+from kdcl_common import NonFiniteLossError, artifact, models, provenance
 from kdcl_common import distributed as kdist
 from kdcl_common.config import config_hash, to_dict, to_yaml
-from kdcl_common.io import atomic_write_json, atomic_write_text
-from kdcl_common.logs import MetricsWriter, get_logger, progress
+from kdcl_common.io import atomic_write_text
+from kdcl_common.logs import MetricsWriter, attach_file, get_logger, progress
+from kdcl_common.runs import FINISHED, RESUME, Identity, RunFolder
 from kdcl_common.sampling import sample_seed
 from kdcl_common.schedule import learning_rate
 
 from . import methods, soft_targets
-from .config import CHECKPOINTS
-from .config import PretrainConfig
+from .config import CHECKPOINTS, RUNS, PretrainConfig
 from .data import loader as data_loader
 from .export import export_students
 from .losses import collaborative_loss
+
+
+RECOVERY = ("Lower optim.lr, lengthen optim.warmup_epochs or use train.amp=bf16 instead of fp16, "
+            "and continue with the same command plus --resume and the new value (e.g. "
+            "optim.lr=0.05): after this stop, --resume accepts new values of these keys, from "
+            "the last checkpoint on, and the run's record lists the change.")
 
 
 def student_names(cfg: PretrainConfig) -> list[str]:
@@ -163,8 +170,7 @@ class Trainer:
                 raise NonFiniteLossError(
                     f"the loss of student {name} became NaN/inf at epoch {epoch + 1}, step "
                     f"{step - epoch * steps + 1} of {steps} (global step {step + 1}); training "
-                    f"stopped and {kept}. Lower optim.lr, lengthen optim.warmup_epochs, or use "
-                    f"train.amp=bf16 instead of fp16.")
+                    f"stopped and {kept}. {RECOVERY}")
 
     # ----------------------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -270,11 +276,13 @@ def _epoch_line(epoch: int, cfg: PretrainConfig, names: list[str], m: dict, seco
     return " | ".join(parts)
 
 
-def run(cfg: PretrainConfig, config_file: str, resume: bool = False) -> Path:
-    """Train (or resume) the run described by `cfg`, then export. Returns the run directory."""
+def run(cfg: PretrainConfig, config_file: str, resume: bool = False,
+        restart: bool = False) -> Path:
+    """Train (or resume, or restart) the run described by `cfg`, then export. Returns the run
+    directory. What may happen to an existing run folder: kdcl_common/runs.py."""
     ctx = kdist.init(cfg.train.device)
     try:
-        return _run(cfg, config_file, resume, ctx)
+        return _run(cfg, config_file, resume, restart, ctx)
     finally:
         kdist.shutdown()
 
@@ -313,48 +321,69 @@ def build_trainer(cfg: PretrainConfig, ctx, data: data_loader.Data, names: list[
                    writer, autocast, corrupt)
 
 
-def _run(cfg: PretrainConfig, config_file: str, resume: bool, ctx) -> Path:
+def run_identity(cfg: PretrainConfig) -> Identity:
+    """The config and, for KD, the teacher's weights (kdcl_common/runs.py)."""
+    inputs = {"teacher": artifact.as_input(cfg.method.teacher)} if cfg.method.teacher else {}
+    return Identity(to_dict(cfg), inputs)
+
+
+def status(config_file: str, overrides: list[str] = ()) -> tuple[str, str]:
+    """What `python -m pretrain config_file *overrides` would find (RunFolder.status)."""
+    from .config import load
+
+    cfg = load(config_file, overrides)
+    return RunFolder(cfg.run_dir, RUNS, run_identity(cfg)).status()
+
+
+def _run(cfg: PretrainConfig, config_file: str, resume: bool, restart: bool, ctx) -> Path:
     run_dir = cfg.run_dir
-    action = CHECKPOINTS.check_run_dir(run_dir, resume)
-    logger = get_logger("pretrain", ctx.rank, run_dir / "log.txt" if action != "finished" else None)
-    config = to_dict(cfg)
-    if action == "finished":
-        CHECKPOINTS.check_finished_config(run_dir, config)
+    logger = get_logger("pretrain", ctx.rank)
+    folder = RunFolder(run_dir, RUNS, run_identity(cfg))
+    action = folder.decide(resume, restart)
+    if action == FINISHED:
         logger.info(f"{run_dir} is already finished; exports in {run_dir / 'export'}")
         return run_dir
+
+    # Checks and set-up: nothing is written to the run folder until folder.start().
     _configure_determinism(cfg, ctx.device)
-    if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
-        atomic_write_json(run_dir / "environment.json",
-                          {**provenance.environment(ctx.world_size), "config_file": config_file,
-                           "config_hash": config_hash(cfg)})
     names = student_names(cfg)
-    logger.info(f"run {cfg.name} seed {cfg.seed}: {cfg.method.name} (icl={cfg.method.icl}), "
-                f"students {names}, {ctx.world_size} process(es) on {ctx.device.type}; "
-                f"writing to {run_dir}")
     views = len(cfg.students) if cfg.method.icl else 1
     data = data_loader.build(cfg.data, views, cfg.optim.batch_size, cfg.seed, ctx,
                              cfg.train.channels_last)
-    if ctx.is_main and len(data.held_out_indices):
-        src = data.train.dataset.source
-        atomic_write_text(run_dir / "held_out.txt",
-                          "\n".join(src.describe(int(i)) for i in data.held_out_indices) + "\n")
-    trainer = build_trainer(cfg, ctx, data, names, logger,
-                            MetricsWriter(run_dir, enabled=ctx.is_main))
+    trainer = build_trainer(cfg, ctx, data, names, logger, MetricsWriter(run_dir, enabled=False))
     modules, optimizer, scaler, method = (trainer.modules, trainer.optimizer, trainer.scaler,
                                           trainer.method)
-
     start_epoch, history, wall = 0, [], 0.0
-    if action == "resume":
-        state = CHECKPOINTS.load(run_dir, config)
+    if action == RESUME:
+        state = CHECKPOINTS.load(run_dir)
         for m, sd in zip(modules, state["students"]):
             m.load_state_dict(sd)
         optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when saved without fp16 (train.amp may change after NaN)
+            scaler.load_state_dict(state["scaler"])
         method.load_state_dict(state["method"])
         start_epoch, history, wall = state["epoch"], state["history"], state["wall_seconds"]
-        logger.info(f"resumed from {CHECKPOINTS.path(run_dir)} after epoch {start_epoch}")
+    config = to_dict(cfg)
+    kdist.barrier()  # every rank has read the folder before rank 0 changes it
+    if ctx.is_main:
+        folder.start(action, {
+            "config.yaml": to_yaml(cfg),
+            "environment.json": json.dumps({**provenance.environment(ctx.world_size),
+                                            "config_file": config_file,
+                                            "config_hash": config_hash(cfg)}, indent=2) + "\n"})
+        attach_file(logger, run_dir / "log.txt")
+        if len(data.held_out_indices):
+            src = data.train.dataset.source
+            atomic_write_text(run_dir / "held_out.txt", "\n".join(
+                src.describe(int(i)) for i in data.held_out_indices) + "\n")
+    trainer.writer = MetricsWriter(run_dir, enabled=ctx.is_main)
+    logger.info(f"run {cfg.name} seed {cfg.seed}: {cfg.method.name} (icl={cfg.method.icl}), "
+                f"students {names}, {ctx.world_size} process(es) on {ctx.device.type}; "
+                f"writing to {run_dir}")
+    if action == RESUME:
+        logger.info(f"resumed from {CHECKPOINTS.path(run_dir)} after epoch {start_epoch}"
+                    + (" with " + "; ".join(c.strip() for c in folder.changes)
+                       if folder.changes else ""))
 
     try:
         for epoch in range(start_epoch, cfg.optim.epochs):
@@ -365,8 +394,7 @@ def _run(cfg: PretrainConfig, config_file: str, resume: bool, ctx) -> Path:
             if data.held_out is not None:
                 held = trainer.evaluate(data.held_out, "held_out", covariance=True)
                 metrics.update(held)
-                if isinstance(method, methods.General):
-                    method.set_weights(torch.tensor(held["general_weights"]))
+                method.end_of_epoch(held)
             seconds = time.perf_counter() - t0
             wall += seconds
             metrics["epoch_seconds"] = round(seconds, 3)
@@ -382,12 +410,16 @@ def _run(cfg: PretrainConfig, config_file: str, resume: bool, ctx) -> Path:
                                      general_weights=metrics.get("general_weights"))
                 logger.info(_epoch_line(epoch, cfg, names, metrics, seconds))
             kdist.barrier()
+    except NonFiniteLossError:
+        if ctx.is_main:
+            folder.mark_stopped("non-finite loss")
+        raise
     finally:
         trainer.writer.close()
 
     if ctx.is_main:
         metas = export_students(cfg, config_file, names, modules, data, history[-1], history,
-                                wall, ctx.world_size)
+                                wall, ctx.world_size, folder)
         for meta in metas:
             logger.info(f"exported {meta['name']} ({meta['architecture']}, top-1 "
                         f"{meta['metrics']['top1']:.2f}) to {run_dir / 'export' / meta['name']}.pth")

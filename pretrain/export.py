@@ -1,23 +1,36 @@
 """Export: every student as a backbone artifact (kdcl_common/artifact.py) and one result
-record per student (DESIGN §4)."""
+record per student (kdcl_common/records.py)."""
 from __future__ import annotations
-
 
 import torch.nn as nn
 
 from kdcl_common import artifact, models, provenance, records
 from kdcl_common.config import config_hash, to_dict
-from kdcl_common.io import atomic_write_json
+from kdcl_common.io import DiskFullError, atomic_write_json
+from kdcl_common.runs import RunFolder
 
-from .config import CHECKPOINTS, PretrainConfig
+from .config import CHECKPOINTS, RUNS, PretrainConfig
 
 
 def export_students(cfg: PretrainConfig, config_file: str, names: list[str],
                     modules: list[nn.Module], data, final: dict, history: list[dict],
-                    wall_seconds: float, world_size: int) -> list[dict]:
+                    wall_seconds: float, world_size: int, folder: RunFolder) -> list[dict]:
     """Write `<run_dir>/export/<student>.{pth,json}`, append the records, then the manifest
     (last, so its presence means the export is complete)."""
+    try:
+        return _export(cfg, config_file, names, modules, data, final, history, wall_seconds,
+                       world_size, folder)
+    except DiskFullError as e:
+        raise DiskFullError(e.path, f"The export is incomplete, and the last checkpoint "
+                            f"({CHECKPOINTS.path(cfg.run_dir)}) is intact: free some space, then "
+                            f"run the same command with --resume, which exports again.") from e
+
+
+def _export(cfg, config_file, names, modules, data, final, history, wall_seconds, world_size,
+            folder: RunFolder) -> list[dict]:
     run_dir = cfg.run_dir
+    teacher = folder.identity.inputs.get("teacher", {})
+    changes = folder.accepted_changes()
     env = provenance.environment(world_size)
     chash = config_hash(cfg)
     images = sum(h.get("train_images", 0) for h in history)
@@ -37,6 +50,7 @@ def export_students(cfg: PretrainConfig, config_file: str, names: list[str],
             "icl": cfg.method.icl,
             "students": names,
             "teacher": cfg.method.teacher,
+            "teacher_sha256": teacher.get("sha256"),
             "dataset": {"name": data.dataset_name, "root": cfg.data.root,
                         "num_classes": data.num_classes, "train_images": data.train_size,
                         "held_out_per_class": cfg.data.held_out_per_class},
@@ -63,9 +77,10 @@ def export_students(cfg: PretrainConfig, config_file: str, names: list[str],
             seed=cfg.seed, preset=cfg.preset, config=cfg.name, config_file=config_file,
             config_hash=chash, run_dir=run_dir, world_size=world_size, wall_seconds=wall_seconds,
             student=name, icl=cfg.method.icl, group=group, teacher=cfg.method.teacher,
-            epochs=cfg.optim.epochs, artifact=str(run_dir / "export" / f"{name}.pth"),
+            teacher_sha256=teacher.get("sha256"), epochs=cfg.optim.epochs, artifact=str(run_dir / "export" / f"{name}.pth"),
             backbone_sha256=meta["sha256"],
-            images_per_second=round(images / train_seconds, 1) if train_seconds else None)
-    atomic_write_json(run_dir / CHECKPOINTS.finished_marker, {"students": names, "created": env["created"],
-                                           "files": {n: f"{n}.pth" for n in names}})
+            images_per_second=round(images / train_seconds, 1) if train_seconds else None,
+            **({"config_changes": changes} if changes else {}))
+    atomic_write_json(run_dir / RUNS.finished_marker, {
+        "students": names, "created": env["created"], "files": {n: f"{n}.pth" for n in names}})
     return metas

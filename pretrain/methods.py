@@ -42,6 +42,10 @@ class Method:
     def targets(self, logits: Tensor, labels: Tensor, inputs: list[Tensor]) -> Targets | None:
         raise NotImplementedError
 
+    def end_of_epoch(self, held_out: dict) -> None:
+        """Called after every epoch with the held-out evaluation (engine.Trainer.evaluate
+        with covariance=True), when the run holds images out."""
+
     def state_dict(self) -> dict:
         return {}
 
@@ -80,6 +84,9 @@ class General(Method):
 
     def set_weights(self, weights: Tensor) -> None:
         self.weights = weights.to(self.device, torch.float32)
+
+    def end_of_epoch(self, held_out: dict) -> None:
+        self.set_weights(torch.tensor(held_out["general_weights"]))
 
     @torch.no_grad()
     def targets(self, logits, labels, inputs):

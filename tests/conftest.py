@@ -40,13 +40,15 @@ def tiny_coco(tmp_path_factory) -> Path:
     return coco_synthetic.generate(tmp_path_factory.mktemp("coco") / "coco", **TINY_COCO)
 
 
-def make_backbone(folder: Path, arch: str, seed: int = 0, **kwargs) -> Path:
-    """A backbone artifact straight from a constructor (random weights, ImageNet contract)."""
+def make_backbone(folder: Path, arch: str, seed: int = 0, weights_seed: int | None = None,
+                  **kwargs) -> Path:
+    """A backbone artifact straight from a constructor (random weights from `weights_seed`,
+    default `seed`; ImageNet contract), as pre-training `test/made` with `seed` exports it."""
     import torch
 
     from kdcl_common import artifact, models
 
-    torch.manual_seed(seed)
+    torch.manual_seed(seed if weights_seed is None else weights_seed)
     kwargs = {"num_classes": 10, **kwargs}
     model = models.build(arch, **kwargs)
     pre = artifact.preprocessing((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 224, 256)

@@ -1,11 +1,17 @@
-"""The chain of run_all.sh: the plans of the presets, and that their done-markers are the files the
-stages actually write (a wrong marker would redo or, worse, skip work)."""
+"""The chain of run_all.sh: the plans of the presets, that a step's run folder is the one its
+stage writes, and that a step's state (done, to do, stale) is decided when the chain reaches it
+(a wrong state would redo or, worse, skip work)."""
+import dataclasses
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from chain import __main__ as chain_main
 from chain import plan
+
+from .conftest import SMOKE, make_backbone, tiny_overrides, tiny_transfer_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,7 +28,7 @@ def test_every_planned_config_and_backbone_exists(preset, monkeypatch):
     for step in steps:
         if step.stage == "pretrain":
             cfg = pretrain_config.load(ROOT / step.args[1], [step.args[2]])
-            assert step.done == cfg.run_dir / "export" / "manifest.json"
+            assert step.run_dir() == cfg.run_dir
             students[cfg.name] = student_names(cfg)
         elif step.stage == "transfer":
             assert (ROOT / step.args[1]).is_file(), step.args[1]
@@ -44,15 +50,23 @@ def test_smoke_plan_covers_every_task_with_a_baseline():
                        "kdcl_naive"]
 
 
-def test_transfer_markers_are_the_run_directories_of_the_backends():
-    from transfer import config as transfer_config
-    from transfer.backends.torchvision.engine import run_dir_of
+@pytest.mark.parametrize("backend", ["torchvision", "mmseg"])
+def test_a_transfer_step_names_the_run_folder_its_backend_writes(backend, tmp_path, monkeypatch):
+    from transfer import lifecycle
+    from transfer.backends import BACKENDS
 
-    step = next(s for s in plan.build("smoke", [0], ["torchvision"], ROOT)
-                if s.stage == "transfer")
-    cfg = transfer_config.load(ROOT / step.args[1])
-    meta = {"config_name": "smoke/independent", "seed": 0, "name": "resnet18"}
-    assert step.done == run_dir_of(cfg, meta, step.backbone) / "result.json"
+    monkeypatch.chdir(ROOT)  # the plan's paths are relative to the repository
+    step = next(s for s in plan.build("smoke", [0], [backend], ROOT) if s.stage == "transfer")
+    assert step.run_dir() is None or step.backbone.is_file()  # not exported: no folder yet
+    backbone = make_backbone(tmp_path, "resnet18")
+    meta = json.loads(backbone.with_suffix(".json").read_text())
+    backbone.with_suffix(".json").write_text(json.dumps(
+        {**meta, "config_name": "smoke/independent", "name": "resnet18"}))
+    step = dataclasses.replace(step, backbone=backbone,
+                               args=(*step.args[:3], str(backbone)))
+    resolved = lifecycle.resolve(BACKENDS[backend].load()(), Path(step.config), [], backbone)
+    assert step.run_dir() == resolved.folder.path
+    assert step.run_dir().parent.name == "smoke-independent-seed0-resnet18"
 
 
 def test_only_selects_stages_backends_and_names():
@@ -62,13 +76,23 @@ def test_only_selects_stages_backends_and_names():
     linear = plan.select(steps, ["kdcl_linear"])
     assert len(linear) == 1 and linear[0].stage == "pretrain"
     assert plan.select(steps, []) == steps
+    with pytest.raises(ValueError, match="--only nonsense matches no step.*a stage \\(pretrain, "
+                                         "transfer, results\\), a backend \\(mmseg, torchvision\\)"):
+        plan.select(steps, ["pretrain", "nonsense"])
+
+
+def test_only_that_matches_nothing_stops_the_chain(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert chain_main.main(["--only", "nonsense", "--backends", "torchvision"]) == 2
+    err = capsys.readouterr().err
+    assert "--only nonsense matches no step" in err and "--dry-run" in err
 
 
 def test_dry_run_prints_the_plan(capsys, monkeypatch):
     monkeypatch.chdir(ROOT)  # restored afterwards: main() works from the repository root
     assert chain_main.main(["--dry-run", "--backends", "torchvision"]) == 0
     out = capsys.readouterr().out
-    assert "python -m pretrain pretrain/configs/smoke/independent.yaml seed=0 --resume" in out
+    assert "python -m pretrain pretrain/configs/smoke/independent.yaml seed=0 --re" in out
     assert "python -m results" in out and ("[todo]" in out or "[done]" in out)
 
 
@@ -95,3 +119,58 @@ def test_launcher_uses_torchrun_for_several_processes(monkeypatch):
     assert chain_main.launcher(d2)[-4:] == ["--num-gpus", "8", "--num-machines", "2"]
     monkeypatch.delenv("NPROC_PER_NODE")
     assert chain_main.launcher(pretrain_step)[1:3] == ["-m", "pretrain"]
+
+
+TV = ROOT / "transfer" / "configs" / "torchvision"
+
+
+def test_a_transfer_step_reruns_when_pretraining_replaced_its_weights(tmp_path, tiny_root,
+                                                                      tiny_coco, monkeypatch,
+                                                                      capsys):
+    """Pre-training re-run in the same run_all call: with identical weights (a deterministic
+    run) its transfer step stays done; with other weights it is stale and runs again, with the
+    old run archived, not deleted."""
+    def steps(lr):
+        pretrain = plan.Step("pretrain", "pretrain tiny", (
+            "pretrain", str(SMOKE / "independent.yaml"), "seed=0",
+            *tiny_overrides(tiny_root, tmp_path, **{"optim.epochs": 1, "optim.lr": lr,
+                                                    "train.deterministic": True})))
+        export = tmp_path / "runs/smoke/independent/seed0/export/resnet18.pth"
+        transfer = plan.Step("transfer", "transfer tiny", (
+            "transfer", str(TV / "smoke_faster_rcnn_fpn.yaml"), "--backbone", str(export),
+            *tiny_transfer_overrides(tiny_coco, tmp_path)), backend="torchvision",
+            backbone=export)
+        return [pretrain, transfer]
+
+    def chain(lr):
+        monkeypatch.setattr(plan, "build", lambda *args, **kwargs: steps(lr))
+        assert chain_main.main(["--backends", "torchvision"]) == 0
+        return capsys.readouterr().out
+
+    def transfer_records():
+        return [r for r in map(json.loads, (tmp_path / "records.jsonl").read_text().splitlines())
+                if r["stage"] == "transfer"]
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = chain(0.02)
+    assert "done, skipped" not in out and len(transfer_records()) == 1
+    first = transfer_records()[0]
+    # the same pre-training again (its folder deleted): the same weights, the transfer is done
+    shutil.rmtree(tmp_path / "runs/smoke/independent")
+    out = chain(0.02)
+    assert "1/2 pretrain tiny\n" in out and "2/2 transfer tiny: done, skipped" in out
+    assert len(transfer_records()) == 1
+    # pre-training with another config: it is stale, runs again, and so does the transfer
+    out = chain(0.05)
+    assert "1/2 pretrain tiny: stale (its config changed: optim.lr: 0.02 -> 0.05)" in out
+    assert "2/2 transfer tiny: stale (made from other weights: backbone" in out
+    records = transfer_records()
+    assert len(records) == 2 and records[1]["backbone_sha256"] != first["backbone_sha256"]
+    assert records[1]["run_dir"] == first["run_dir"]
+    run_dir = Path(first["run_dir"])
+    (archived,) = run_dir.parent.glob("seed0.superseded-*")
+    assert json.loads((archived / "result.json").read_text())["backbone_sha256"] == \
+        first["backbone_sha256"]
+    assert len(list((tmp_path / "runs/smoke/independent").glob("seed0.superseded-*"))) == 1
+    out = chain(0.05)
+    assert out.count("done, skipped") == 2

@@ -3,7 +3,7 @@ import pytest
 
 from kdcl_common import ConfigError
 from kdcl_common.config import config_diff, read_yaml
-from pretrain import config
+from pretrain import cli, config
 
 from .conftest import SMOKE
 
@@ -105,3 +105,85 @@ def test_yaml_reads_only_true_and_false_as_booleans():
                                                              "d": False}
     assert parse_overrides(["train.amp=off", "x=true", "lr=1.0e-4"]) == [
         ("train.amp", "off"), ("x", True), ("lr", 1e-4)]
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["optim.lr=-1"], "optim.lr=-1.0 must be > 0"),
+    (["optim.lr=0"], "optim.lr=0.0 must be > 0"),
+    (["optim.momentum=1"], "optim.momentum=1.0 must be in [0, 1)"),
+    (["optim.momentum=-0.5"], "optim.momentum=-0.5 must be in [0, 1)"),
+    (["optim.nesterov=true", "optim.momentum=0"], "optim.nesterov=true needs momentum"),
+    (["optim.weight_decay=-1e-4"], "optim.weight_decay=-0.0001 must be >= 0"),
+    (["optim.warmup_epochs=-1"], "optim.warmup_epochs=-1.0 must be >= 0"),
+    (["optim.warmup_start_lr=-0.1"], "optim.warmup_start_lr=-0.1 must be >= 0"),
+    (["optim.min_lr=-1"], "optim.min_lr=-1.0 must be >= 0"),
+    (["optim.gamma=0"], "optim.gamma=0.0 must be > 0"),
+    (["optim.milestones=[-1,2]"], "optim.milestones=[-1, 2] must be epochs >= 0"),
+    (["optim.milestones=[2,1]"], "optim.milestones must be increasing, got [2, 1]"),
+    (["optim.batch_size=0"], "optim.batch_size and optim.epochs must be positive"),
+    (["data.workers=-1"], "data.workers=-1 must be >= 0"),
+    (["data.image_size=0"], "data.image_size=0 must be > 0"),
+    (["data.image_size=224", "data.eval_resize=200"],
+     "data.eval_resize=200 must be >= data.image_size=224"),
+    (["data.held_out_per_class=-1"], "data.held_out_per_class=-1 must be >= 0"),
+    (["data.max_corrupt_fraction=1"], "data.max_corrupt_fraction=1.0 must be in [0, 1)"),
+    (["data.max_corrupt_fraction=-0.1"], "data.max_corrupt_fraction=-0.1 must be in [0, 1)"),
+    (["data.color_jitter=-0.4"], "data.color_jitter=-0.4 must be >= 0"),
+    (["data.synthetic.classes=0"], "data.synthetic.classes=0 must be > 0"),
+    (["data.synthetic.train_per_class=-5"], "data.synthetic.train_per_class=-5 must be > 0"),
+    (["data.synthetic.val_per_class=0"], "data.synthetic.val_per_class=0 must be > 0"),
+    (["data.synthetic.image_size=0"], "data.synthetic.image_size=0 must be > 0"),
+    (["method.kd_weight=-1"], "method.kd_weight=-1.0 must be >= 0"),
+    (["train.log_interval=0"], "train.log_interval=0 must be > 0"),
+    (["method.temperature=0"], "method.temperature must be > 0, got 0.0"),
+])
+def test_nonsense_numbers_stop_with_the_key_and_the_rule(overrides, message, capsys):
+    """Exit code 2 and one line naming the key, its value and what it must be; no traceback."""
+    argv = [str(SMOKE / "independent.yaml"), "data.root=/nowhere", *overrides]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_a_typo_in_student_kwargs_stops_print_config_with_the_nearest_argument(capsys):
+    base = [str(SMOKE / "kdcl_minlogit.yaml"), "data.root=/nowhere", "--print-config"]
+    assert cli.main(base + ["students.1.kwargs={widht_mult: 0.5}"]) == 2
+    out, err = capsys.readouterr()
+    assert not out and err.startswith("error: students.1.kwargs.widht_mult: "
+                                      "torchvision.models.mobilenet_v2 has no argument "
+                                      "'widht_mult' (did you mean 'width_mult'?)")
+    assert cli.main(base + ["students.0.arch=wrn_16_2", "students.0.kwargs={nrom: gn}"]) == 2
+    assert "students.0.kwargs.nrom: kdcl_common.models.cifar.wrn_16_2 has no argument 'nrom' " \
+           "(did you mean 'norm'?)" in capsys.readouterr().err
+
+
+def test_student_kwargs_are_checked_against_the_constructor(capsys):
+    base = [str(SMOKE / "kdcl_minlogit.yaml"), "data.root=/nowhere", "--print-config"]
+    assert cli.main(base + ["students.1.kwargs={width_mult: 0.75}"]) == 0
+    assert "width_mult: 0.75" in capsys.readouterr().out
+    assert cli.main(base + ["students.1.kwargs={width_mult: 0.5, dropout: 2.0}"]) == 2
+    assert ("students.1.kwargs: torchvision.models.mobilenet_v2(width_mult=0.5, dropout=2.0) "
+            "fails: dropout probability has to be between 0 and 1") in capsys.readouterr().err
+    assert cli.main(base + ["students.0.arch=cifar_resnet20", "students.0.kwargs={norm: xx}"]) == 2
+    assert "unknown norm 'xx'" in capsys.readouterr().err
+    assert cli.main(base + ["students.1.kwargs={num_classes: 5}"]) == 2
+    assert "students.1.kwargs.num_classes: the number of classes comes from the dataset" in \
+        capsys.readouterr().err
+
+
+def test_student_kwargs_are_checked_on_the_meta_device(monkeypatch):
+    """The check builds every student without allocating its weights."""
+    from kdcl_common import models
+
+    built, build = [], models.build
+
+    def spy(arch, **kwargs):
+        module = build(arch, **kwargs)
+        built.append((arch, kwargs, {p.device.type for p in module.parameters()}))
+        return module
+
+    monkeypatch.setattr(models, "build", spy)
+    config.load(SMOKE / "kdcl_minlogit.yaml", ["data.root=/nowhere",
+                                                "students.0.arch=resnet101"])
+    assert built == [("resnet101", {"num_classes": 10}, {"meta"}),  # the smoke set's classes
+                     ("mobilenet_v2", {"num_classes": 10, "width_mult": 0.5}, {"meta"})]

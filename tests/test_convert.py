@@ -7,7 +7,7 @@ import torch
 from kdcl_common import ConfigError, artifact, models
 from transfer import convert
 from transfer.backends.torchvision import models as detectors
-from transfer.config import ModelConfig
+from transfer.backends.torchvision.config import ModelConfig
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 

@@ -1,19 +1,26 @@
 """Data: the generator, the real on-disk formats, the held-out split, corrupt images, views."""
 import hashlib
+import io
 import logging
 import pickle
 import shutil
+import struct
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torchvision.transforms.v2 import functional as TF
 
 from kdcl_common import ConfigError, DataError, sampling
 from kdcl_common.distributed import DistContext
-from pretrain import config
+from pretrain import cli, config
 from pretrain.data import loader, sources, synthetic
+from pretrain.data.batch import Undecodable
 
-from .conftest import SMOKE, TINY_DATA
+from .conftest import SMOKE, TINY_DATA, tiny_overrides
 
 
 def digest(root):
@@ -152,13 +159,118 @@ def test_corrupt_images_are_skipped_counted_and_then_fatal(tmp_path, tiny_root):
     victims[0].write_bytes(victims[0].read_bytes()[:200])  # truncated JPEG
     data = build(root, batch=40, **{"data.held_out_per_class": 0})
     bad = next(iter(data.train)).bad
-    assert len(bad) == 1 and victims[0].name in bad[0]
+    assert [file for file, _ in bad] == [str(victims[0])]  # the file and the reason apart
     assert next(iter(data.train)).size == 39
     logger = logging.getLogger("test-corrupt")
     tracker = loader.CorruptImageTracker(48, 0.05, logger)  # up to 2.4 bad images tolerated
     tracker.update(bad)
-    tracker.update(bad)  # the same file again is not counted twice
+    tracker.update([Undecodable(str(victims[0]), "another reason")])  # the same file: once
+    assert list(tracker.bad) == [str(victims[0])]
     victims[1].write_text("not an image")
     victims[2].write_bytes(b"")
     with pytest.raises(DataError, match="(?s)3 images could not be decoded.*Repair or remove"):
-        tracker.update([f"{victims[1]} (x)", f"{victims[2]} (y)"])
+        tracker.update([Undecodable(str(victims[1]), "x"), Undecodable(str(victims[2]), "y")])
+
+
+def png16(pixels: np.ndarray) -> bytes:
+    """A 16-bit PNG of uint16 [C, H, W] (C = 1: grey, 3: RGB), written by hand: neither PIL nor
+    torchvision writes 16-bit colour PNGs."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+
+    channels, height, width = pixels.shape
+    rows = pixels.transpose(1, 2, 0).astype(">u2").reshape(height, -1)
+    raw = b"".join(b"\x00" + row.tobytes() for row in rows)  # filter 0 on every row
+    header = struct.pack(">IIBBBBB", width, height, 16, {1: 0, 3: 2}[channels], 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+            + chunk(b"IEND", b""))
+
+
+def sixteen_bit(channels: int, height: int = 32, width: int = 32, seed: int = 0) -> np.ndarray:
+    """uint16 [C, H, W] covering the whole range, extremes included."""
+    pixels = np.random.default_rng(seed).integers(0, 65536, (channels, height, width))
+    pixels.reshape(-1)[:6] = [0, 255, 256, 32767, 32768, 65535]
+    return pixels.astype(np.uint16)
+
+
+def to_uint8(pixels: np.ndarray) -> torch.Tensor:
+    """What torchvision users get: to_dtype(..., torch.uint8, scale=True), grey made RGB."""
+    image = TF.to_dtype(torch.from_numpy(pixels.astype(np.int32)).to(torch.uint16), torch.uint8,
+                        scale=True)
+    return image.expand(3, -1, -1)
+
+
+def test_16_bit_and_other_png_modes_decode_to_8_bit_rgb(tmp_path):
+    """16-bit PNGs (RGB and grey) decode as torchvision's 8-bit conversion gives them, also
+    through PIL's formats (16-bit TIFF: mode I;16, 16-bit PGM: mode I); alpha and palette
+    images come out RGB."""
+    folder = tmp_path / "images" / "a_class"
+    folder.mkdir(parents=True)
+    rgb, grey = sixteen_bit(3), sixteen_bit(1, 20, 28, seed=1)
+    (folder / "rgb16.png").write_bytes(png16(rgb))
+    (folder / "grey16.png").write_bytes(png16(grey))
+    Image.fromarray(grey[0]).save(folder / "grey16.tif")  # PIL: mode I;16
+    (folder / "grey16.pgm").write_bytes(b"P5\n28 20\n65535\n" + grey.astype(">u2").tobytes())
+    source = sources.FolderSource.scan(tmp_path / "images")
+    images = {Path(path).name: source.load(i) for i, path in enumerate(source.paths)}
+    assert torch.equal(images["rgb16.png"], to_uint8(rgb))
+    assert images["rgb16.png"][0, 0, :6].tolist() == [0, 0, 1, 127, 128, 255]  # 65535 -> 255
+    for name in ("grey16.png", "grey16.tif", "grey16.pgm"):
+        assert images[name].dtype == torch.uint8 and images[name].shape == (3, 20, 28), name
+        assert torch.equal(images[name], to_uint8(grey)), name
+    colours = np.random.default_rng(2).integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    for mode in ("RGBA", "LA", "P", "1"):
+        buffer = io.BytesIO()
+        Image.fromarray(colours).convert(mode).save(buffer, "PNG")
+        image = sources.decode(torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8))
+        expected = np.array(Image.open(buffer).convert("RGB")).transpose(2, 0, 1)
+        assert image.dtype == torch.uint8 and torch.equal(image, torch.from_numpy(expected)), mode
+
+
+def imagefolder_copy(tiny_root, folder):
+    root = folder / "tiny"
+    shutil.copytree(tiny_root, root)
+    return root, sorted((root / "train").rglob("*.jpg"))
+
+
+def test_a_run_with_16_bit_pngs_in_the_training_set_finishes(tmp_path, tiny_root):
+    root, files = imagefolder_copy(tiny_root, tmp_path)
+    for i, path in enumerate(files[:4]):  # two RGB and two grey 16-bit PNGs
+        path.unlink()
+        path.with_suffix(".png").write_bytes(png16(sixteen_bit(3 if i % 2 else 1, seed=i)))
+    argv = [str(SMOKE / "independent.yaml"),
+            *tiny_overrides(root, tmp_path, **{"data.dataset": "imagefolder",
+                                               "data.held_out_per_class": 0,
+                                               "data.max_corrupt_fraction": 0,
+                                               "students": "[{arch: cifar_resnet20}]"})]
+    assert cli.main(argv) == 0  # max_corrupt_fraction=0: any skipped image would stop it
+    log = (tmp_path / "runs" / "smoke" / "independent" / "seed0" / "log.txt").read_text()
+    assert "cannot be decoded" not in log
+
+
+def test_undecodable_files_are_counted_once_across_epochs(tmp_path, tiny_root, capsys):
+    """3 bad files read in 3 epochs are 3 images (PIL's messages name a buffer whose address
+    changes with every read: the tracker keys on the file), one warning each; a limit of 3
+    (0.07 x 48 images = 3.36) lets the run finish, a 4th file would stop it."""
+    root, files = imagefolder_copy(tiny_root, tmp_path)
+    victims = files[0], files[17], files[40]
+    victims[0].write_text("not an image")
+    victims[1].write_bytes(b"")
+    victims[2].write_bytes(victims[2].read_bytes()[:200])  # a truncated JPEG
+    argv = [str(SMOKE / "independent.yaml"),
+            *tiny_overrides(root, tmp_path, **{"data.dataset": "imagefolder",
+                                               "data.held_out_per_class": 0,
+                                               "data.max_corrupt_fraction": 0.07,
+                                               "optim.epochs": 3,
+                                               "students": "[{arch: cifar_resnet20}]"})]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    log = (tmp_path / "runs" / "smoke" / "independent" / "seed0" / "log.txt").read_text()
+    warnings = [line for line in log.splitlines() if "cannot be decoded" in line]
+    assert len(warnings) == 3 and "0x" not in log
+    for victim in victims:
+        assert sum(str(victim) in line for line in warnings) == 1, victim
+    tracker = loader.CorruptImageTracker(48, 0.07, logging.getLogger("test-corrupt"))
+    tracker.update([Undecodable(str(v), "x") for v in victims] * 3)
+    with pytest.raises(DataError, match="(?s)4 images could not be decoded.*max_corrupt"):
+        tracker.update([Undecodable(str(files[1]), "x")])

@@ -72,8 +72,8 @@ def test_paper_protocol_is_the_papers():
 
 
 def test_cli_routes_detectron2_yaml_to_detectron2():
-    assert cli.backend_of(EXPERIMENTS[0]) == "detectron2"
-    assert cli.backend_of(REPO / "transfer/configs/torchvision/smoke_faster_rcnn_fpn.yaml") == "torchvision"
+    assert cli.backend_of(EXPERIMENTS[0]).name == "detectron2"
+    assert cli.backend_of(REPO / "transfer/configs/torchvision/smoke_faster_rcnn_fpn.yaml").name == "torchvision"
 
 
 def test_missing_detectron2_says_how_to_install(tmp_path, monkeypatch, capsys):

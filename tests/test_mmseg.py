@@ -158,10 +158,12 @@ def test_label_values_outside_the_classes(tmp_path, tiny_coco, backbones, capsys
     label[:4, :4] = 9
     Image.fromarray(label).save(victim)
     code = run("sem-fpn_r18_smoke", backbones["resnet18"], root, tmp_path,
-               "train_dataloader.sampler.shuffle=False")
+               "train_dataloader.sampler.shuffle=False", "train_dataloader.num_workers=1")
     assert code == 2
     err = capsys.readouterr().err
-    assert f"{victim.name} holds label values [9] outside the 7 classes" in err
+    error = err[err.index("error: "):]  # a worker's error: its message only
+    assert error.startswith(f"error: {victim} holds label values [9] outside the 7 classes")
+    assert "Traceback" not in err and len(error.splitlines()) == 1
 
 
 def test_images_and_labels_must_pair_up(tmp_path, tiny_coco, backbones, capsys):
@@ -188,7 +190,28 @@ def test_a_backbone_that_does_not_fit(tmp_path, tiny_coco, capsys):
     assert "is a resnet50 backbone, but the config builds a resnet18" in capsys.readouterr().err
     cifar = make_backbone(tmp_path, "cifar_resnet20")
     assert run("sem-fpn_r18_smoke", cifar, tiny_coco, tmp_path) == 2
-    assert "is a cifar_resnet20 backbone" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "is a cifar_resnet20 backbone, which cannot serve as a detection or segmentation " \
+           "backbone: the mmseg backend takes resnet18" in err
+    assert "config for cifar_resnet20" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_failed_check_leaves_no_folder_and_no_converted_weights(tmp_path, tiny_coco,
+                                                                  backbones, capsys):
+    root = copy_scenes(tiny_coco, tmp_path)
+    (root / "images" / "val2017").unlink()  # a link to the COCO layout's val2017/
+    assert run("sem-fpn_r18_smoke", backbones["resnet18"], root, tmp_path) == 2
+    assert "images/val2017 does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_override_of_the_wrong_type_is_named(tmp_path, tiny_coco, backbones, capsys):
+    assert run("sem-fpn_r18_smoke", backbones["resnet18"], tiny_coco, tmp_path,
+               "train_cfg.max_iters=ten") == 2
+    err = capsys.readouterr().err
+    assert "train_cfg.max_iters='ten': expected an integer, like its current value 4" in err
+    assert "Traceback" not in err
 
 
 @pytest.mark.distributed
@@ -201,3 +224,4 @@ def test_two_ranks_with_torchrun(tmp_path, tiny_coco, backbones):
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     (record,) = [json.loads(l) for l in (tmp_path / "records.jsonl").read_text().splitlines()]
     assert record["world_size"] == 2 and record["metrics"]["mIoU"] is not None
+    assert not (REPO / ".dist_test").exists()  # mmengine's default place to gather results

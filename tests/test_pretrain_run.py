@@ -171,13 +171,23 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_root, 
     assert state["epoch"] == 1
     assert all(torch.isfinite(v).all() for sd in state["students"] for v in sd.values()
                if v.is_floating_point())
-    # resuming that run with another config is refused, and the difference is shown
+    assert "--resume accepts new values of these keys" in err
+    # after the stop, --resume accepts a lower learning rate (and records it), nothing else
     monkeypatch.setattr(engine, "collaborative_loss", real)
     assert run_cli("kdcl_minlogit", tiny_root, tmp_path, "train.log_interval=1", "optim.lr=0.01",
-                   resume=True) == 2
+                   "optim.epochs=3", resume=True) == 2
     err = capsys.readouterr().err
-    assert "refusing to resume" in err and "optim.lr: 0.02 -> 0.01" in err
-    assert run_cli("kdcl_minlogit", tiny_root, tmp_path, "train.log_interval=1", resume=True) == 0
+    assert "refusing to resume" in err and "optim.epochs: 2 -> 3" in err
+    assert "optim.lr:" not in err
+    assert run_cli("kdcl_minlogit", tiny_root, tmp_path, "train.log_interval=1", "optim.lr=0.01",
+                   resume=True) == 0
+    assert "after epoch 1 with optim.lr: 0.02 -> 0.01" in capsys.readouterr().err
+    records = read_records(tmp_path)
+    assert len(records) == 2
+    assert records[0]["config_changes"][0]["diff"] == ["  optim.lr: 0.02 -> 0.01"]
+    # a finished run is not stopped any more: the recovery keys are fixed again
+    assert run_cli("kdcl_minlogit", tiny_root, tmp_path, "train.log_interval=1", "optim.lr=0.02",
+                   resume=True) == 2
 
 
 def test_kill_and_resume_reaches_the_same_weights(tmp_path, tiny_root):

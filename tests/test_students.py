@@ -1,4 +1,6 @@
 """Architectures and the backbone artifact contract."""
+import json
+
 import pytest
 import torch
 import torchvision
@@ -70,7 +72,7 @@ def test_artifact_errors(tmp_path):
     # wrong architecture in the metadata
     meta_path.write_text(meta.replace('"architecture": "resnet18"', '"architecture": "resnet34"'))
     with pytest.raises(KdclError, match="do not fit the architecture.*missing keys: layer1.2"):
-        artifact.load(tmp_path / "resnet18.pth", verify_hash=False)
+        artifact.load(tmp_path / "resnet18.pth")
     # missing metadata
     meta_path.unlink()
     with pytest.raises(KdclError, match="metadata .*resnet18.json is missing"):
@@ -81,3 +83,30 @@ def test_artifact_errors(tmp_path):
         f.write(b"x")
     with pytest.raises(KdclError, match="does not match the sha256"):
         artifact.load(tmp_path / "resnet18.pth")
+
+
+def test_a_pth_with_code_in_it_is_refused_by_name_without_unsafe_advice(tmp_path):
+    """A pickle that would run code on load: named, called not plain, and torch's advice to set
+    weights_only=False is not passed on."""
+    from kdcl_common import identity
+    from kdcl_common.io import sha256_file
+
+    _save(tmp_path, "resnet18", num_classes=10)
+    weights = tmp_path / "resnet18.pth"
+    torch.save({"fc.weight": torch.zeros(1), "hook": Exploit()}, weights)
+    meta = json.loads(identity.metadata_path(weights).read_text())
+    identity.metadata_path(weights).write_text(json.dumps({**meta, "sha256": sha256_file(weights)}))
+    with pytest.raises(KdclError) as raised:
+        artifact.load(weights)
+    message = str(raised.value)
+    assert f"{weights} is not a plain state_dict" in message
+    assert "weights_only" not in message and "trust" not in message
+    weights.write_bytes(b"not a zip")
+    identity.metadata_path(weights).write_text(json.dumps({**meta, "sha256": sha256_file(weights)}))
+    with pytest.raises(KdclError, match="cannot be read as a PyTorch state_dict"):
+        artifact.load(weights)
+
+
+class Exploit:
+    def __reduce__(self):
+        return (print, ("this would have run",))

@@ -1,8 +1,10 @@
 """End-to-end runs of `python -m transfer` with the torchvision backend (seconds each)."""
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -85,7 +87,7 @@ def test_bad_input_messages(tmp_path, tiny_coco, backbones, capsys):
     assert "COCO files not found" in capsys.readouterr().err
     cifar = make_backbone(tmp_path, "cifar_resnet20")
     assert run("smoke_faster_rcnn_fpn", cifar, tiny_coco, tmp_path) == 2
-    assert "cannot serve as a detection backbone" in capsys.readouterr().err
+    assert "which cannot serve as a detection or segmentation backbone" in capsys.readouterr().err
     assert run("smoke_faster_rcnn_fpn", backbone, tiny_coco, tmp_path, "model.detektor=x") == 2
     assert "Did you mean 'model.detector'" in capsys.readouterr().err
 
@@ -109,7 +111,7 @@ def test_two_ranks_with_torchrun(tmp_path, tiny_coco, backbones):
 
 
 def test_every_torchvision_config_loads_and_names_its_protocol(monkeypatch):
-    from transfer import config
+    from transfer.backends.torchvision import config
 
     monkeypatch.setenv("COCO_ROOT", "/datasets/coco")
     paths = sorted(TV.glob("[!_]*.yaml"))
@@ -144,3 +146,129 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, tiny_coco, backb
     assert "loss became NaN/inf at epoch 2, step 1 of 5" in capsys.readouterr().err
     (checkpoint,) = (tmp_path / "runs").rglob("checkpoint.pth")
     assert torch.load(checkpoint, weights_only=True)["epoch"] == 1
+
+
+# ------------------------------------------------------------------ run identity and bad input
+def snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_other_weights_of_the_same_name_are_refused_then_restarted(tmp_path, tiny_coco,
+                                                                   capsys):
+    """The same pre-training config, seed and student, other weights (a re-run of the
+    pre-training): --resume neither calls the old run finished nor discards its result;
+    --restart archives it and runs again; the same weights again are finished."""
+    folder = tmp_path / "export"
+    backbone = make_backbone(folder, "resnet18")
+    assert run("smoke_faster_rcnn_fpn", backbone, tiny_coco, tmp_path) == 0
+    (first,) = records(tmp_path)
+    run_dir = Path(first["run_dir"])
+    assert json.loads((run_dir / "run.json").read_text())["inputs"]["backbone"]["sha256"] == \
+        first["backbone_sha256"]
+    make_backbone(folder, "resnet18", weights_seed=1)  # same path and names, new weights
+    before = snapshot(run_dir)
+    assert run("smoke_faster_rcnn_fpn", backbone, tiny_coco, tmp_path, flags=["--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to resume" in err and "made from other weights" in err
+    assert f"backbone {backbone}: sha256 {first['backbone_sha256'][:12]} -> " in err
+    assert "Its result stays as it is. --restart archives it" in err
+    assert snapshot(run_dir) == before and len(records(tmp_path)) == 1
+    assert run("smoke_faster_rcnn_fpn", backbone, tiny_coco, tmp_path, flags=["--eval-only"]) == 2
+    assert "was trained from other weights" in capsys.readouterr().err
+    assert run("smoke_faster_rcnn_fpn", backbone, tiny_coco, tmp_path, flags=["--restart"]) == 0
+    (archived,) = run_dir.parent.glob("seed0.superseded-*")
+    assert snapshot(archived) == before
+    second = records(tmp_path)[1]
+    assert second["backbone_sha256"] != first["backbone_sha256"]
+    assert run("smoke_faster_rcnn_fpn", backbone, tiny_coco, tmp_path, flags=["--resume"]) == 0
+    assert "is already finished" in capsys.readouterr().err
+    assert len(records(tmp_path)) == 2
+
+
+def test_a_failed_check_writes_nothing(tmp_path, tiny_coco, backbones, capsys):
+    backbone = backbones["resnet18"]
+    assert run("smoke_faster_rcnn_fpn", backbone, tmp_path / "nowhere", tmp_path,
+               "data.dataset=coco") == 2
+    assert "COCO files not found" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    assert run("smoke_faster_rcnn_fpn", backbone, tiny_coco, tmp_path, "--num-gpus", "2") == 2
+    err = capsys.readouterr().err
+    assert "--num-gpus is an option of the detectron2 backend" in err
+    assert "is a torchvision config. For several processes use torchrun" in err
+
+
+def copy_coco(tiny_coco, tmp_path, split, keep_images: bool):
+    """The tiny scenes with `split`'s annotation file emptied (no images, or no annotations)."""
+    root = tmp_path / "coco"
+    shutil.copytree(tiny_coco, root, symlinks=True)
+    file = root / "annotations" / f"instances_{split}.json"
+    data = json.loads(file.read_text())
+    data["annotations"] = []
+    if not keep_images:
+        data["images"] = []
+    file.write_text(json.dumps(data))
+    return root
+
+
+def test_an_empty_evaluation_split_stops_before_training(tmp_path, tiny_coco, backbones,
+                                                         capsys):
+    root = copy_coco(tiny_coco, tmp_path, "val2017", keep_images=False)
+    assert run("smoke_faster_rcnn_fpn", backbones["resnet18"], root, tmp_path,
+               "data.dataset=coco") == 2
+    err = capsys.readouterr().err
+    assert "the evaluation split (val2017) of" in err and "holds no images" in err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "records.jsonl").exists()
+
+
+def test_an_empty_training_split_says_so(tmp_path, tiny_coco, backbones, capsys):
+    root = copy_coco(tiny_coco, tmp_path, "train2017", keep_images=True)
+    assert run("smoke_faster_rcnn_fpn", backbones["resnet18"], root, tmp_path,
+               "data.dataset=coco") == 2
+    err = capsys.readouterr().err
+    assert "train2017 of" in err and "has no image with a training target" in err
+    assert "batch_size" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_no_record_from_an_evaluation_of_nothing(tmp_path, tiny_coco, backbones, monkeypatch,
+                                                 capsys):
+    from transfer.backends.torchvision import engine
+
+    real = engine.DetectionRun.evaluate
+
+    def blind(self):
+        scores = real(self)
+        return scores and {**scores, "images": 0}
+
+    monkeypatch.setattr(engine.DetectionRun, "evaluate", blind)
+    assert run("smoke_faster_rcnn_fpn", backbones["resnet18"], tiny_coco, tmp_path) == 2
+    assert "saw no images, so there is no result to record" in capsys.readouterr().err
+    assert not (tmp_path / "records.jsonl").exists()
+    assert not list((tmp_path / "runs").rglob("result.json"))
+
+
+def test_after_a_nan_stop_resume_accepts_a_lower_learning_rate(tmp_path, tiny_coco, backbones,
+                                                               capsys, monkeypatch):
+    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+
+    real, calls = GeneralizedRCNN.forward, {"n": 0}
+
+    def poisoned(self, images, targets=None):
+        out = real(self, images, targets)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] > 5:
+                out = {k: v * float("nan") for k, v in out.items()}
+        return out
+
+    monkeypatch.setattr(GeneralizedRCNN, "forward", poisoned)
+    backbone = backbones["resnet18"]
+    assert run("smoke_faster_rcnn_fpn", backbone, tiny_coco, tmp_path, "optim.epochs=2",
+               "train.log_interval=1") == 2
+    assert "--resume accepts new values of optim.lr" in capsys.readouterr().err
+    monkeypatch.setattr(GeneralizedRCNN, "forward", real)
+    assert run("smoke_faster_rcnn_fpn", backbone, tiny_coco, tmp_path, "optim.epochs=2",
+               "train.log_interval=1", "optim.lr=0.005", flags=["--resume"]) == 0
+    (record,) = records(tmp_path)
+    assert record["config_changes"][0]["diff"] == ["  optim.lr: 0.01 -> 0.005"]

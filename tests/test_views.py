@@ -2,6 +2,7 @@
 crop boxes, crops, colour jitter, flips and normalisation, and the JPEG decode-and-crop path
 of data.decode=device (run here on the CPU, the same code as on a GPU)."""
 import io
+import logging
 import math
 import shutil
 
@@ -47,6 +48,21 @@ def test_random_resized_boxes_fall_back_to_torchvisions_centre_crop():
         theirs = v2.RandomResizedCrop.get_params(torch.zeros(3, height, width), [2.0, 3.0],
                                                  [3 / 4, 4 / 3])
         assert ours == tuple(theirs)
+
+
+def test_random_resized_boxes_try_attempts_times():
+    """views.ATTEMPTS sets the number of tries, as torchvision's 10: the last try is used when
+    all before it fail, the centre crop when all fail."""
+    height, width, scale = 60, 80, (0.08, 4.0)  # area draw 1.0 -> 4x the image: never fits
+    position = [0.5, 0.5]
+    rest = [0.0] * (views.UNIFORMS - 2 * views.ATTEMPTS - 2)
+    last_fits = [1.0, 0.5] * (views.ATTEMPTS - 1) + [0.0, 0.5] + position + rest
+    assert len(last_fits) == views.UNIFORMS and views.TRIES == slice(0, 2 * views.ATTEMPTS)
+    top, left, h, w = views.random_resized_box(last_fits, height, width, scale)
+    side = round(math.sqrt(0.08 * height * width))  # the last try: 8 % of the area, aspect 1
+    assert (h, w) == (side, side) and (top, left) == ((height - h + 1) // 2, (width - w + 1) // 2)
+    none_fits = [1.0, 0.5] * views.ATTEMPTS + position + rest
+    assert views.random_resized_box(none_fits, height, width, scale) == (0, 0, 60, 80)
 
 
 def test_crop_views_are_torchvisions_resized_crops():
@@ -236,8 +252,36 @@ def test_undecodable_jpegs_on_the_device_are_reported_and_left_out(mixed_root):
     pipeline = on_device.InputPipeline(torch.device("cpu"), dev.mean, dev.std, 24, False,
                                        flip=True, jitter=True)
     inputs, labels, reported = pipeline(batch)
-    assert len(reported) == 1 and victim.name in reported[0]
+    assert [file for file, _ in reported] == [str(victim)]
     assert inputs[0].shape[0] == labels.numel() == 47
+    # Every epoch decodes it again; the workers (data.decode=cpu) report the same file: the
+    # tracker counts it once, whichever path found it.
+    _, cpu = build(mixed_root, "cpu")
+    from_workers = next(iter(cpu.train)).bad
+    assert [file for file, _ in from_workers] == [str(victim)]
+    tracker = loader.CorruptImageTracker(48, 0.05, logging.getLogger("test-device"))
+    for bad in (reported, pipeline(batch)[2], from_workers):
+        tracker.update(bad)
+    assert list(tracker.bad) == [str(victim)]
+
+
+def test_16_bit_pngs_are_decoded_by_the_workers_with_decode_device(mixed_root):
+    """data.decode=device sends only 8-bit RGB and grey JPEGs to the device: 16-bit PNGs are
+    decoded (to 8 bits) and cropped by the workers, as with data.decode=cpu."""
+    from .test_data import png16, sixteen_bit
+
+    files = sorted((mixed_root / "train").rglob("*.jpg"))
+    files[3].write_bytes(png16(sixteen_bit(3, 70, 90)))
+    files[4].write_bytes(png16(sixteen_bit(1, 50, 40)))
+    _, dev = build(mixed_root, "device")
+    batch = next(iter(dev.train))
+    assert not batch.bad and batch.cpu_rows.numel() == 3  # the 8-bit PNG and the two 16-bit
+    assert batch.views.dtype == torch.uint8 and len(batch.encoded.rows) == 45
+    pipeline = on_device.InputPipeline(torch.device("cpu"), dev.mean, dev.std, 24, False,
+                                       flip=True, jitter=True)
+    inputs, labels, reported = pipeline(batch)
+    assert not reported and inputs[0].shape == (48, 3, 24, 24) and labels.numel() == 48
+    assert all(bool(torch.isfinite(x).all()) for x in inputs)
 
 
 def test_decode_on_device_needs_files():

@@ -1,5 +1,6 @@
 """`python -m transfer CONFIG --backbone PATH [key=value ...]`: fine-tune a pre-trained backbone
-on COCO and evaluate it. The backend follows from the config:
+on COCO or COCO-Stuff and evaluate it. The backend follows from the config
+(transfer/backends/__init__.py lists them):
 
   transfer/configs/torchvision/*.yaml   this project's YAML (torchvision detection models)
   transfer/configs/detectron2/*.yaml    Detectron2's own YAML (needs Detectron2 installed)
@@ -13,8 +14,11 @@ from pathlib import Path
 
 import yaml
 
-from kdcl_common import ConfigError, KdclError
-from kdcl_common.config import describe, to_yaml
+from kdcl_common import ConfigError, KdclError, user_message
+from kdcl_common.config import describe
+
+from .backends import BACKENDS
+from .backends.base import Backend, refuse_other_options
 
 EXAMPLES = """\
 examples:
@@ -25,38 +29,49 @@ examples:
   python -m transfer transfer/configs/detectron2/faster_rcnn_R18_FPN_paper14ep_syncbn.yaml \\
       --backbone R18.pth --num-gpus 8                    # Detectron2's own launcher
   python -m transfer transfer/configs/mmseg/sem-fpn_r18_smoke.py --backbone R18.pth
-  torchrun --nproc_per_node 4 -m transfer \
+  torchrun --nproc_per_node 4 -m transfer \\
       transfer/configs/mmseg/upernet_r50_80k_syncbn_coco-stuff164k-512x512.py --backbone R50.pth
   python -m transfer CONFIG --backbone PATH --resume     # continue a killed run
+  python -m transfer CONFIG --backbone PATH --restart    # archive the run, run it again
   python -m transfer CONFIG --backbone PATH --eval-only  # evaluate a trained run again
 
 Overrides are key=value: for the torchvision backend the keys below; for Detectron2 its own
-keys (SOLVER.BASE_LR=0.02); for mmseg its config's keys (train_cfg.max_iters=1000). Runs go to <output root>/<config name>/<backbone>/seed<n>/, and one
-result record per finished run is appended to results/records/transfer.jsonl.
+keys (SOLVER.BASE_LR=0.02); for mmseg its config's keys (train_cfg.max_iters=1000).
+
+Runs go to <output root>/<config name>/<pretrain config>-seed<n>-<student>/seed<n>/. A run is
+identified by its resolved config and the backbone's sha256 (run.json): --resume continues, or
+leaves finished, only a run of the same identity, and refuses one of other weights or another
+config, saying what differs; --restart renames that folder to <folder>.superseded-<time> and
+runs again. One result record per finished run is appended to results/records/transfer.jsonl.
 
 torchvision backend config keys (key = default, then what it means):
 """
 
 
-def backend_of(config: str | Path) -> str:
-    """'mmseg' for Python configs, 'detectron2' for Detectron2 YAML (upper-case keys or
-    _BASE_), else 'torchvision'."""
+def registered() -> list[type[Backend]]:
+    return [entry.load() for entry in BACKENDS.values()]
+
+
+def backend_of(config: str | Path) -> type[Backend]:
+    """The registered backend that claims the config file."""
     path = Path(config)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    if path.suffix == ".py":
-        return "mmseg"
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from None
-    if isinstance(data, dict) and any(k == "_BASE_" or k.isupper() for k in data):
-        return "detectron2"
-    return "torchvision"
+    data = None
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    for backend in registered():
+        if backend.claims(path, data):
+            return backend
+    raise ConfigError(f"{path} is not a config of any transfer backend "
+                      f"({', '.join(BACKENDS)}): see transfer/configs")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from .config import TransferConfig
+    from .backends.torchvision.config import TransferConfig
 
     parser = argparse.ArgumentParser(
         prog="python -m transfer",
@@ -68,43 +83,35 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     parser.add_argument("--backbone", required=True,
                         help="an exported backbone .pth with its .json beside it")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run from its last checkpoint")
-    parser.add_argument("--eval-only", action="store_true",
-                        help="evaluate the run's trained weights instead of training")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true",
+                      help="continue the run from its last checkpoint (a no-op when it has "
+                           "finished); refused for a run of other weights or another config")
+    mode.add_argument("--restart", action="store_true",
+                      help="archive the run folder (renamed to <folder>.superseded-<time>) and "
+                           "run again")
+    mode.add_argument("--eval-only", action="store_true",
+                      help="evaluate the run's trained weights instead of training")
     parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved config and exit")
-    d2 = parser.add_argument_group("Detectron2 launcher (detectron2.engine.launch)")
-    d2.add_argument("--num-gpus", type=int, default=1, help="GPUs per machine")
-    d2.add_argument("--num-machines", type=int, default=1)
-    d2.add_argument("--machine-rank", type=int, default=0)
-    d2.add_argument("--dist-url", default="auto",
-                    help="initialisation URL of the process group, e.g. tcp://host:port")
+                        help="print the resolved config (fitted to the backbone) and exit")
+    for backend in registered():
+        if backend.options:
+            group = parser.add_argument_group(f"{backend.name} backend only")
+            for dest, spec in backend.options.items():
+                spec = {k: v for k, v in spec.items() if k != "flag"}
+                group.add_argument(backend.options[dest]["flag"], dest=dest, default=None,
+                                   **spec)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_intermixed_args(argv)
     try:
+        from . import lifecycle
+
         backend = backend_of(args.config)
-        if backend == "detectron2":
-            from .backends.detectron2 import launcher
-
-            return launcher.main(args)
-        if backend == "mmseg":
-            from .backends.mmseg import launcher
-
-            return launcher.main(args)
-        from . import config
-
-        cfg = config.load(args.config, args.overrides)
-        if args.print_config:
-            print(to_yaml(cfg), end="")
-            return 0
-        from .backends.torchvision.engine import run
-
-        run(cfg, args.backbone, args.config, resume=args.resume, eval_only=args.eval_only)
+        refuse_other_options(backend, args, registered(), args.config)
+        return lifecycle.run(backend(args), args)
     except KdclError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {user_message(e)}", file=sys.stderr)
         return 2
-    return 0

@@ -2,12 +2,39 @@
 batch of them (Batch), and how the first become the second (collate)."""
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from .views import ViewParams
+
+
+class Undecodable(NamedTuple):
+    """An image that could not be decoded: the file (what identifies it: the same file is
+    counted once however often it is read) and why, in words free of object addresses."""
+
+    file: str
+    reason: str
+
+    @classmethod
+    def from_error(cls, file: str, error: BaseException) -> "Undecodable":
+        return cls(file, describe_error(error))
+
+    def __str__(self) -> str:
+        return f"{self.file} ({self.reason})"
+
+
+def describe_error(error: BaseException) -> str:
+    """Why a file could not be decoded, in one line that is the same every time the file is
+    read: PIL names the buffer it read ("cannot identify image file <_io.BytesIO object at
+    0x7f...>"), whose address changes with every read; torchvision starts with its C++ source
+    line ("decode_jpeg, /.../decode_jpeg.cpp:167, Image is incomplete or truncated")."""
+    text = str(error).splitlines()[0] if str(error) else ""
+    text = re.sub(r"\s*<[^<>]*\bat 0x[0-9a-fA-F]+>", "", text)
+    text = re.sub(r"^\w+, \S+\.(?:cpp|cu|h):\d+, ", "", text).strip()  # torchvision's source line
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 class Sample(NamedTuple):
@@ -20,7 +47,7 @@ class Sample(NamedTuple):
     encoded: torch.Tensor | None = None  # uint8 [bytes] of a JPEG, cropped on the device
     size: tuple[int, int] | None = None  # (height, width) of the encoded image
     name: str = ""                       # the file, with `encoded`
-    error: str | None = None
+    error: Undecodable | None = None
 
 
 class Encoded(NamedTuple):
@@ -43,7 +70,7 @@ class Batch(NamedTuple):
     flip: torch.Tensor     # bool [B, V]
     jitter: torch.Tensor   # float32 [B, V, 3] brightness, contrast, saturation factors
     order: torch.Tensor    # int64 [B, V, 3] the order they are applied in
-    bad: list[str]         # images that could not be decoded (left out)
+    bad: list[Undecodable]  # images that could not be decoded (left out)
     encoded: Encoded | None = None
     cpu_rows: torch.Tensor | None = None
     inputs: list[torch.Tensor] | None = None  # the students' inputs, when the workers ran the

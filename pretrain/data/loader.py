@@ -30,7 +30,7 @@ from kdcl_common.sampling import GlobalBatchSampler, ShardSampler, sample_seed
 
 from ..config import DataConfig
 from . import sources, synthetic
-from .batch import Batch, Sample, collate  # noqa: F401 (Batch: the loaders' type)
+from .batch import Batch, Sample, Undecodable, collate  # noqa: F401 (Batch: the loaders' type)
 from .on_device import InputPipeline
 from .views import Policy, crop_views, eval_policy, normalization, train_policy
 
@@ -72,8 +72,8 @@ class ViewsDataset(Dataset):
             else:
                 image = self.source.load(index)
         except sources.DECODE_ERRORS as e:
-            return Sample(label, None, error=f"{self.source.describe(index)} "
-                                             f"({type(e).__name__}: {str(e).splitlines()[0]})")
+            return Sample(label, None,
+                          error=Undecodable.from_error(self.source.describe(index), e))
         params = self.policy.draw(rng, image.shape[1], image.shape[2], self.views)
         return Sample(label, params, views=crop_views(image, params.boxes, self.policy.size,
                                                       self.policy.pad))
@@ -174,21 +174,25 @@ def build(cfg: DataConfig, views: int, global_batch: int, seed: int, ctx: DistCo
 
 
 class CorruptImageTracker:
-    """Undecodable images: each is skipped and warned about once; the run stops when more than
-    `max_fraction` of the dataset's images turn out to be undecodable."""
+    """Undecodable images: each file is skipped and warned about once, however often it is
+    read (every epoch, in several loaders); the run stops when more than `max_fraction` of the
+    dataset's images turn out to be undecodable."""
 
     def __init__(self, dataset_size: int, max_fraction: float, logger):
         self.limit = max_fraction * dataset_size
         self.max_fraction, self.logger = max_fraction, logger
-        self.bad: dict[str, None] = {}
+        self.bad: dict[str, str] = {}  # file -> why it could not be decoded (the first reason)
 
-    def update(self, bad: list[str]) -> None:
-        for error in bad:
-            if error not in self.bad:
-                self.bad[error] = None
-                self.logger.warning(f"skipped an image that cannot be decoded: {error}")
+    def update(self, bad: list[Undecodable]) -> None:
+        for file, reason in bad:
+            if file not in self.bad:
+                self.bad[file] = reason
+                self.logger.warning(f"skipped an image that cannot be decoded: {file} ({reason})")
         if bad and len(self.bad) > self.limit:
-            listing = "\n  ".join(list(self.bad)[:20])
+            listing = "\n  ".join(f"{file} ({reason})"
+                                   for file, reason in list(self.bad.items())[:20])
+            more = f"\n  ... and {len(self.bad) - 20} more" if len(self.bad) > 20 else ""
             raise DataError(f"{len(self.bad)} images could not be decoded, more than "
                             f"data.max_corrupt_fraction={self.max_fraction} of the dataset:\n  "
-                            f"{listing}\nRepair or remove these files.")
+                            f"{listing}{more}\nRepair or remove these files (or raise "
+                            f"data.max_corrupt_fraction).")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.utils.data import get_worker_info
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from .batch import Batch, Encoded
+from .batch import Batch, Encoded, Undecodable
 from .photometric import flip_and_jitter_
 
 MAX_TAPS = 8  # sub-samples per output pixel and axis when cropping on the device
@@ -91,10 +91,10 @@ def _resample(flat: torch.Tensor, crop: torch.Tensor, size: int, k: int) -> torc
 
 
 def decode_and_crop(encoded: Encoded, size: int,
-                    device: torch.device) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+                    device: torch.device) -> tuple[torch.Tensor, np.ndarray, list[Undecodable]]:
     """Decode a batch's JPEGs on `device` (nvjpeg on a GPU, one batched call) and crop their
-    views: (float32 [V, E', 3, size, size], the E' entries decoded, errors). A batch with an
-    undecodable file is decoded again one file at a time to find it."""
+    views: (float32 [V, E', 3, size, size], the E' entries decoded, the files that failed). A
+    batch with an undecodable file is decoded again one file at a time to find it."""
     files = list(torch.split(encoded.data, encoded.lengths.tolist()))
     try:
         images = decode_jpeg(files, mode=ImageReadMode.RGB, device=device)
@@ -106,7 +106,7 @@ def decode_and_crop(encoded: Encoded, size: int,
                 images.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
                 ok.append(i)
             except RuntimeError as e:
-                errors.append(f"{encoded.names[i]} (RuntimeError: {str(e).splitlines()[0]})")
+                errors.append(Undecodable.from_error(encoded.names[i], e))
         ok = np.asarray(ok, dtype=np.int64)
     views = encoded.boxes.shape[1]
     if not len(ok):
@@ -131,9 +131,10 @@ class InputPipeline:
         self.flip, self.jitter = flip, jitter
 
     def __call__(self, batch: Batch, augment: bool = True
-                 ) -> tuple[list[torch.Tensor], torch.Tensor, list[str]]:
+                 ) -> tuple[list[torch.Tensor], torch.Tensor, list[Undecodable]]:
         """(inputs per view, labels [B], errors). Rows whose JPEG the device cannot decode are
-        left out and described in `errors`."""
+        left out and listed in `errors` (file, reason), as the workers list theirs in
+        `batch.bad`."""
         if batch.inputs is not None:  # the workers ran this already (CPU runs)
             return batch.inputs, batch.labels, []
         x, keep, errors = self._pixels(batch)  # float32 [V * B, 3, S, S] in [0, 255], view-major

@@ -23,6 +23,9 @@ DECODE_ERRORS = (OSError, ValueError, SyntaxError, RuntimeError, Image.Decompres
 # Signatures of the formats torchvision decodes itself (libjpeg-turbo, libpng, libwebp); the
 # others (BMP, TIFF, PPM) go through PIL.
 _NATIVE = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"RIFF")
+# PIL's modes of 16-bit grey images (TIFF and PNG: I;16...; PGM with maxval > 255: I), which
+# convert("RGB") would clip at 255 instead of scaling.
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 def read_bytes(path: str) -> torch.Tensor:
@@ -31,13 +34,31 @@ def read_bytes(path: str) -> torch.Tensor:
 
 
 def decode(data: torch.Tensor) -> torch.Tensor:
-    """Encoded bytes -> uint8 [3, H, W] RGB (grey and CMYK converted). Raises one of
-    DECODE_ERRORS for a file that is truncated or not an image."""
+    """Encoded bytes -> uint8 [3, H, W] RGB. Grey, palette, CMYK and alpha images are
+    converted to RGB (alpha dropped); 16-bit images are scaled to 8 bits as torchvision's
+    `to_dtype(image, torch.uint8, scale=True)` does (value >> 8: 65535 -> 255); an animated
+    image gives its first frame. Raises one of DECODE_ERRORS for a file that is truncated or
+    not an image."""
     if bytes(data[:4].numpy()).startswith(_NATIVE):
-        return decode_image(data, mode=ImageReadMode.RGB)
+        image = decode_image(data, mode=ImageReadMode.RGB)  # uint16 for 16-bit PNGs
+        if image.ndim == 4:  # an animated GIF: [frames, 3, H, W]
+            image = image[0]
+        return _to_uint8(image)
     with Image.open(io.BytesIO(data.numpy().tobytes())) as image:
+        if image.mode in _SIXTEEN_BIT_MODES:
+            grey = np.clip(np.asarray(image).astype(np.int32), 0, 65535) >> 8
+            return torch.from_numpy(grey.astype(np.uint8)).expand(3, -1, -1).contiguous()
         array = np.asarray(image.convert("RGB"))  # decodes fully: a truncated file raises here
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def _to_uint8(image: torch.Tensor) -> torch.Tensor:
+    """uint8 unchanged; uint16 scaled to 8 bits (the high byte, as torchvision's to_dtype)."""
+    if image.dtype == torch.uint8:
+        return image
+    if image.dtype == torch.uint16:  # no shift for uint16 on the CPU: through int32
+        return image.to(torch.int32).bitwise_right_shift_(8).to(torch.uint8)
+    raise ValueError(f"decoded to {image.dtype}, not 8 or 16 bits per channel")
 
 
 @dataclass

@@ -43,24 +43,28 @@ class ViewParams:
     order: np.ndarray   # int64 [V, 3]
 
 
-# The uniforms of one view, drawn in one call: ten (area, aspect) tries, a position, a flip,
-# three jitter factors and three keys whose order is the jitter order.
-TRIES, POSITION, FLIP, JITTER, ORDER, UNIFORMS = slice(0, 20), slice(20, 22), 22, slice(23, 26), \
-    slice(26, 29), 29
+# The uniforms of one view, drawn in one call: ATTEMPTS (area, aspect) pairs, a position, a
+# flip, three jitter factors and three keys whose order is the jitter order.
+TRIES = slice(0, 2 * ATTEMPTS)
+POSITION = slice(TRIES.stop, TRIES.stop + 2)
+FLIP = POSITION.stop
+JITTER = slice(FLIP + 1, FLIP + 4)
+ORDER = slice(JITTER.stop, JITTER.stop + 3)
+UNIFORMS = ORDER.stop
 
 
 def random_resized_box(u: list[float], height: int, width: int, scale: tuple[float, float],
                        ratio: tuple[float, float] = ASPECT_RATIOS) -> tuple[int, int, int, int]:
-    """torchvision's RandomResizedCrop.get_params from the uniforms `u`: up to ten tries of a
-    random area fraction and log-uniform aspect ratio; the first that fits wins, else the
+    """torchvision's RandomResizedCrop.get_params from the uniforms `u`: up to ATTEMPTS tries
+    of a random area fraction and log-uniform aspect ratio; the first that fits wins, else the
     centre crop with the aspect ratio clamped into `ratio`. Plain Python: for a handful of
     views it is several times faster than NumPy's per-call overhead."""
     area = height * width
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     tries = u[TRIES]
-    for k in range(0, 20, 2):
-        target = area * (scale[0] + (scale[1] - scale[0]) * tries[k])
-        aspect = math.exp(log_lo + (log_hi - log_lo) * tries[k + 1])
+    for k in range(ATTEMPTS):
+        target = area * (scale[0] + (scale[1] - scale[0]) * tries[2 * k])
+        aspect = math.exp(log_lo + (log_hi - log_lo) * tries[2 * k + 1])
         w = int(round(math.sqrt(target * aspect)))
         h = int(round(math.sqrt(target / aspect)))
         if 0 < w <= width and 0 < h <= height:

@@ -53,19 +53,3 @@ def evaluate(coco_gt: COCO, results: list[dict], iou_type: str,
         evaluator.summarize()
     return {name: (round(100 * float(v), 3) if v >= 0 else None)
             for name, v in zip(STAT_NAMES, evaluator.stats[:6])}
-
-
-def ground_truth_as_results(coco_gt: COCO) -> list[dict]:
-    """The non-crowd ground truth as score-1 detections: a perfect detector's output."""
-    out = []
-    for ann in coco_gt.dataset["annotations"]:
-        if ann.get("iscrowd", 0):
-            continue
-        img = coco_gt.imgs[ann["image_id"]]
-        rle = coco_gt.annToRLE(ann)
-        if isinstance(rle["counts"], bytes):
-            rle = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
-        out.append({"image_id": ann["image_id"], "category_id": ann["category_id"],
-                    "bbox": list(ann["bbox"]), "score": 1.0, "segmentation": rle,
-                    "height": img["height"]})
-    return out

@@ -1,10 +1,10 @@
-"""The Detectron2 backend: `python -m transfer <detectron2 yaml> --backbone PATH`.
+"""The Detectron2 backend's steps (transfer/backends/detectron2/__init__.py calls them).
 
-Per run: read the backbone's metadata; check that its architecture fits the config; take the
-input format and pixel mean/std from its preprocessing contract; convert its weights to
+Per run: check that the backbone's architecture fits the config; take the input format and
+pixel mean/std from its preprocessing contract; check the COCO splits; convert its weights to
 Detectron2's pickle, checked key by key against the backbone Detectron2 builds from the config;
-then train with DefaultTrainer (checkpoints written atomically), evaluate with COCOEvaluator and
-append one result record. Several GPUs and machines go through Detectron2's own `launch`.
+then, in every process Detectron2's `launch` starts, train with DefaultTrainer (checkpoints
+written atomically) and evaluate with COCOEvaluator.
 """
 from __future__ import annotations
 
@@ -16,27 +16,17 @@ import warnings
 import weakref
 from pathlib import Path
 
-from kdcl_common import ConfigError, KdclError, artifact, models, records
-from kdcl_common.config import config_diff
-from kdcl_common.io import atomic_write_json, atomic_write_text
+from kdcl_common import ConfigError, DataError, NonFiniteLossError
+from kdcl_common.io import atomic_write_text
 
-INSTALL = ("Detectron2 is not installed; it is not on PyPI. Install it from its git repository "
-           "into this environment (it compiles against the installed torch):\n"
-           "  bash scripts/setup.sh --detectron2\n"
-           "or: pip install --no-build-isolation --use-pep517 "
-           "'git+https://github.com/facebookresearch/detectron2.git'\n"
-           "The torchvision backend (transfer/configs/torchvision) needs nothing more.")
 NORM_KEYS = ("MODEL.RESNETS.NORM", "MODEL.MOBILENET_V2.NORM", "MODEL.FPN.NORM",
              "MODEL.ROI_BOX_HEAD.NORM", "MODEL.ROI_MASK_HEAD.NORM")
 SPLITS = ("kdcl_coco_train", "kdcl_coco_val")  # the dataset names the configs refer to
 STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-
-
-def require_detectron2() -> None:
-    try:
-        import detectron2  # noqa: F401
-    except ImportError:
-        raise KdclError(INSTALL) from None
+RECOVERY_ADVICE = ("Lower SOLVER.BASE_LR or lengthen SOLVER.WARMUP_ITERS, and continue with the "
+                   "same command plus --resume and the new value: after this stop, --resume "
+                   "accepts new values of these keys, from the last checkpoint on, and the "
+                   "record lists the change.")
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -95,48 +85,37 @@ def fall_back_from_syncbn(cfg, world_size: int, logger) -> None:
         warnings.warn(message, stacklevel=2)
 
 
-def prepare(args) -> tuple[object, dict, Path]:
-    """The full config of this run (not frozen), the backbone metadata and its path."""
-    import torch
-
-    from . import config as d2config
-
-    cfg = d2config.load(args.config, args.overrides)
-    backbone = Path(args.backbone).with_suffix(".pth")
-    if not backbone.is_file():
-        raise KdclError(f"backbone weights not found: {backbone}")
-    meta = artifact.read_metadata(backbone)
-    fit_backbone(cfg, meta, backbone)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-    if not cfg.KDCL.DATA_ROOT:
-        cfg.KDCL.DATA_ROOT = os.environ.get("COCO_ROOT", "")
-        if not cfg.KDCL.DATA_ROOT:
-            raise ConfigError("no COCO root: set KDCL.DATA_ROOT=/path/to/coco or export "
-                              "COCO_ROOT=/path/to/coco")
-    from ..torchvision.engine import backbone_id
-
-    name = d2config.name_of(args.config)
-    cfg.OUTPUT_DIR = str(Path(cfg.KDCL.OUTPUT_ROOT) / name / backbone_id(meta, backbone)
-                         / f"seed{cfg.SEED}")
-    return cfg, meta, backbone
-
-
 # ------------------------------------------------------------------------------------- data
+def check_data(cfg) -> int:
+    """The COCO splits exist and are well-formed (generating the smoke set when asked), with the
+    same categories and images to train on; returns the number of evaluation images."""
+    from ...coco import synthetic
+    from ...coco.dataset import load_coco, split_paths
+
+    if cfg.KDCL.SYNTHETIC:
+        synthetic.generate(cfg.KDCL.DATA_ROOT)
+    indexes = []
+    for split in (cfg.KDCL.TRAIN_SPLIT, cfg.KDCL.VAL_SPLIT):
+        images, annotations = split_paths(cfg.KDCL.DATA_ROOT, split)
+        indexes.append(load_coco(annotations))  # validates every annotation, naming bad ones
+    train, val = indexes
+    if sorted(train.getCatIds()) != sorted(val.getCatIds()):
+        raise DataError(f"the categories of {cfg.KDCL.TRAIN_SPLIT} and {cfg.KDCL.VAL_SPLIT} "
+                        f"differ: {sorted(train.getCatIds())} vs {sorted(val.getCatIds())}")
+    if not any(not a.get("iscrowd", 0) for a in train.dataset["annotations"]):
+        raise DataError(f"{cfg.KDCL.TRAIN_SPLIT} of {cfg.KDCL.DATA_ROOT} has no annotated "
+                        f"object: nothing to fine-tune on")
+    return len(val.dataset["images"])
+
+
 def register_datasets(cfg) -> int:
     """Register the COCO splits under SPLITS (generating the smoke set when asked); returns the
     number of object categories."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.datasets import register_coco_instances
-    from detectron2.utils import comm
-
-    from ...coco import synthetic
     from ...coco.dataset import load_coco, split_paths
 
     root = cfg.KDCL.DATA_ROOT
-    if cfg.KDCL.SYNTHETIC and comm.get_local_rank() == 0:
-        synthetic.generate(root)
-    comm.synchronize()
     categories = None
     for name, split in zip(SPLITS, (cfg.KDCL.TRAIN_SPLIT, cfg.KDCL.VAL_SPLIT)):
         images, annotations = split_paths(root, split)
@@ -208,20 +187,18 @@ def _trainer_class():
     return Trainer
 
 
-def convert_backbone(cfg, backbone: Path) -> Path:
-    """Convert the artifact for Detectron2, checked against the backbone the config builds."""
+def convert_backbone(cfg, state: dict, arch: str):
+    """The artifact's weights in Detectron2's names, checked against the backbone the config
+    builds (nothing written)."""
     from detectron2.modeling import build_backbone
 
     from ... import convert
+    from . import mobilenet  # noqa: F401  registers the MobileNetV2 backbone
 
-    meta = artifact.read_metadata(backbone)
-    source, _ = artifact.load(backbone)
     target = build_backbone(cfg).bottom_up.state_dict()
-    converted = convert.convert(source.state_dict(), meta["architecture"], "detectron2",
-                                expected_keys=target.keys())
+    converted = convert.convert(state, arch, "detectron2", expected_keys=target.keys())
     convert.check_shapes(converted, target, f"Detectron2's {cfg.MODEL.BACKBONE.NAME}")
-    return convert.save_detectron2(converted, Path(cfg.OUTPUT_DIR) / "backbone.pkl",
-                                   author=f"kdcl-bench ({backbone})")
+    return converted
 
 
 def metrics_of(results: dict) -> dict:
@@ -235,37 +212,22 @@ def metrics_of(results: dict) -> dict:
     return out
 
 
-def check_run_dir(cfg, resume: bool) -> str:
-    run_dir = Path(cfg.OUTPUT_DIR)
-    if (run_dir / "result.json").is_file():
-        if not resume:
-            raise KdclError(f"{run_dir} holds a finished run. Start another one with SEED=<n> or "
-                            f"a new config, or delete it.")
-        return "finished"
-    if (run_dir / "last_checkpoint").is_file():
-        if not resume:
-            raise KdclError(f"{run_dir} holds the checkpoints of an unfinished run: pass "
-                            f"--resume to continue it.")
-        return "resume"
-    return "start"
+class Arguments:
+    """What Detectron2's default_setup logs as the command line."""
+
+    def __init__(self, config_file: str, eval_only: bool):
+        self.config_file, self.eval_only = config_file, eval_only
+
+    def __repr__(self) -> str:
+        return f"Arguments(config_file={self.config_file!r}, eval_only={self.eval_only})"
 
 
-def refuse_changed_config(cfg) -> None:
-    saved = Path(cfg.OUTPUT_DIR) / "config.yaml"
-    if not saved.is_file():
-        return
-    import yaml
-
-    diff = config_diff(yaml.safe_load(saved.read_text()), yaml.safe_load(cfg.dump()),
-                       ignore=("DATALOADER.NUM_WORKERS",))
-    if diff:
-        raise ConfigError(f"refusing to resume {cfg.OUTPUT_DIR}: its config differs from this "
-                          f"one\n" + "\n".join(diff))
-
-
-def worker(args, cfg, meta: dict, backbone: Path) -> None:
-    """What every process of the run does (Detectron2's `launch` calls it on each)."""
+def worker(run, cfg, mode: str) -> None:
+    """What every process of the run does (Detectron2's `launch` calls it on each): train
+    ('train') or evaluate the last checkpoint ('eval'), and on the main process finish."""
+    import torch
     from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.data import DatasetCatalog
     from detectron2.engine import default_setup
     from detectron2.utils import comm
 
@@ -273,84 +235,38 @@ def worker(args, cfg, meta: dict, backbone: Path) -> None:
 
     logger = logging.getLogger("kdcl.transfer")
     world = comm.get_world_size()
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
     fall_back_from_syncbn(cfg, world, logger)
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = register_datasets(cfg)
     cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (SPLITS[0],), (SPLITS[1],)
-    cfg.MODEL.WEIGHTS = str(Path(cfg.OUTPUT_DIR) / "backbone.pkl")  # written below
-    action = check_run_dir(cfg, args.resume)
-    if action != "start":
-        refuse_changed_config(cfg)
-    if action == "finished" and not args.eval_only:
-        logger.info(f"{cfg.OUTPUT_DIR} is already finished")
-        return
-    Path(cfg.OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
-    if comm.is_main_process() and action == "start":
-        convert_backbone(cfg, backbone)
-    comm.synchronize()
+    cfg.OUTPUT_DIR = str(run.run_dir)
+    cfg.MODEL.WEIGHTS = str(run.run_dir / "backbone.pkl")  # written by the backend's train
     cfg.freeze()
-    default_setup(cfg, args)
+    default_setup(cfg, Arguments(run.config_path, mode == "eval"))
     Trainer = _trainer_class()
-    if args.eval_only:
+    evaluated = len(DatasetCatalog.get(SPLITS[1]))
+    if mode == "eval":
         model = Trainer.build_model(cfg)
         checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
-        if not checkpointer.has_checkpoint():
-            raise KdclError(f"--eval-only evaluates a trained run, but {cfg.OUTPUT_DIR} has no "
-                            f"checkpoint: train it first")
         checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=True)
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
-            atomic_write_json(Path(cfg.OUTPUT_DIR) / f"eval-{cfg.KDCL.VAL_SPLIT}.json",
-                              {"metrics": metrics_of(results)})
+            run.finish_evaluation(metrics_of(results), evaluated,
+                                  checkpointer.get_checkpoint_file())
         return
     start = time.time()
     trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=action == "resume")
-    trainer.train()
+    trainer.resume_or_load(resume=run.resuming)
+    try:
+        trainer.train()
+    except FloatingPointError as e:  # Detectron2's check of every iteration's losses
+        raise NonFiniteLossError(f"{e}; training stopped and the last checkpoint in "
+                                 f"{cfg.OUTPUT_DIR} is kept. {RECOVERY_ADVICE}") from None
     results = getattr(trainer, "_last_eval_results", None) or Trainer.test(cfg, trainer.model)
     if comm.is_main_process():
-        write_record(cfg, args, meta, backbone, metrics_of(results), world, time.time() - start)
-
-
-def write_record(cfg, args, meta: dict, backbone: Path, metrics: dict, world: int,
-                 seconds: float) -> None:
-    from . import config as d2config
-
-    task = "instance_segmentation" if cfg.MODEL.MASK_ON else "detection"
-    name = d2config.name_of(args.config)
-    record = records.append(
-        cfg.KDCL.RECORDS, stage="transfer", task=task,
-        dataset="synthetic" if cfg.KDCL.SYNTHETIC else "coco", backend="detectron2",
-        backbone=models.label(meta["architecture"], meta["constructor_kwargs"]),
-        method=meta.get("method", "unknown"), metrics=metrics, seed=cfg.SEED,
-        preset=cfg.KDCL.PRESET, config=name, config_file=args.config,
-        config_hash=_hash(cfg.dump()), run_dir=cfg.OUTPUT_DIR, world_size=world,
-        wall_seconds=seconds, protocol=cfg.KDCL.PROTOCOL,
-        detector="mask_rcnn" if cfg.MODEL.MASK_ON else "faster_rcnn",
-        iterations=cfg.SOLVER.MAX_ITER, images_per_batch=cfg.SOLVER.IMS_PER_BATCH,
-        backbone_path=str(backbone), backbone_sha256=meta.get("sha256"),
-        pretrain_config=meta.get("config_name"), pretrain_seed=meta.get("seed"),
-        pretrain_run=meta.get("run_dir"), icl=meta.get("icl"),
-        group="+".join(meta.get("students", [])),
-        images_per_second=round(cfg.SOLVER.MAX_ITER * cfg.SOLVER.IMS_PER_BATCH / seconds, 2))
-    atomic_write_json(Path(cfg.OUTPUT_DIR) / "result.json", record)
-    logging.getLogger("kdcl.transfer").info("result: " + json.dumps(metrics))
-
-
-def _hash(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def main(args) -> int:
-    """Entry point from transfer.cli for Detectron2 configs."""
-    require_detectron2()
-    from detectron2.engine import launch
-
-    cfg, meta, backbone = prepare(args)
-    if args.print_config:
-        print(cfg.dump(), end="")
-        return 0
-    launch(worker, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args, cfg, meta, backbone))
-    return 0
+        seconds = time.time() - start
+        metrics = metrics_of(results)
+        run.finish(metrics, evaluated, world, seconds,
+                   round(cfg.SOLVER.MAX_ITER * cfg.SOLVER.IMS_PER_BATCH / seconds, 2))
+        logger.info("result: " + json.dumps(metrics))

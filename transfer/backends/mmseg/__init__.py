@@ -1,0 +1,160 @@
+"""The mmseg backend: Semantic FPN and UPerNet on COCO-Stuff through mmsegmentation, from
+mmseg's own Python configs (transfer/configs/mmseg). launcher.py holds the steps, extensions.py
+what the backend registers in mmseg (label checks, atomic checkpoints, weights_only resume).
+mmseg and mmcv are imported only when a config of this backend runs."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from kdcl_common import KdclError
+
+from ...naming import config_name
+from ..base import Backend as Base
+from ..base import Spec
+
+# how the run executes, not what it computes: may change on --resume
+RESUMABLE = ("train_dataloader.num_workers", "val_dataloader.num_workers",
+             "test_dataloader.num_workers", "train_dataloader.persistent_workers",
+             "val_dataloader.persistent_workers", "test_dataloader.persistent_workers",
+             "default_hooks.logger.interval")
+EVALUATION = ("val_dataloader.*", "test_dataloader.*", "val_evaluator.*", "test_evaluator.*")
+
+
+def require_mmseg() -> None:
+    try:
+        import mmcv.ops  # noqa: F401  (mmseg needs mmcv's compiled ops)
+        import mmseg  # noqa: F401
+    except ImportError as e:
+        raise KdclError(f"mmsegmentation cannot be imported ({e}). It needs mmcv 2.1.0 compiled "
+                        f"with its ops: run `bash scripts/setup.sh` (or see README, Set-up)") from None
+
+
+class Backend(Base):
+    name = "mmseg"
+
+    @classmethod
+    def claims(cls, path: Path, yaml_data) -> bool:
+        return path.suffix == ".py"
+
+    def load_config(self, path: Path, overrides: list[str]) -> None:
+        require_mmseg()
+        from . import launcher
+
+        self.path, self.cfg = path, launcher.load(path, overrides)
+
+    def fit_backbone(self, meta: dict, path: Path) -> None:
+        from . import launcher
+
+        launcher.fit_backbone(self.cfg, meta, path)
+        self.classes = launcher.dataset_classes(self.cfg)
+        launcher.set_classes(self.cfg, len(self.classes))
+
+    def spec(self) -> Spec:
+        cfg = self.cfg
+        kdcl = cfg.get("kdcl", {})
+        return Spec(
+            name=config_name(self.path), seed=cfg.get("randomness", {}).get("seed", 0),
+            output_root=kdcl.get("output_root", "runs/transfer"),
+            records=kdcl.get("records", "results/records/transfer.jsonl"),
+            preset=kdcl.get("preset", "custom"), protocol=kdcl.get("protocol", ""),
+            task="semantic_segmentation",
+            dataset="synthetic" if kdcl.get("synthetic") else "coco_stuff164k",
+            config=json.loads(json.dumps(cfg.to_dict(), default=str)),
+            config_text=cfg.pretty_text, config_file="config.py", resumable_keys=RESUMABLE,
+            evaluation_keys=EVALUATION,
+            other_run="randomness.seed=<n>, or a copy of the config under another name",
+            extra={"head": cfg.model.decode_head.type, "iterations": cfg.train_cfg.max_iters,
+                   "classes": len(self.classes)})
+
+    def prepare(self, run) -> int:
+        """Generate the smoke scenes when asked, check the dataset's layout, and convert the
+        weights, checked against the backbone mmseg builds (written in train)."""
+        from mmseg.registry import MODELS
+
+        from ... import convert
+        from ...coco import synthetic
+        from . import launcher
+
+        cfg = self.cfg
+        if cfg.get("kdcl", {}).get("synthetic"):
+            for loader in ("train_dataloader", "val_dataloader"):
+                synthetic.generate(cfg[loader].dataset.data_root)  # safe in every rank at once
+        counts = launcher.check_layout(cfg)
+        target = MODELS.build(cfg.model.backbone).state_dict()
+        arch = run.meta["architecture"]
+        self.converted = convert.convert(run.backbone_state, arch, "mmseg", target.keys())
+        convert.check_shapes(self.converted, target, f"mmseg's {cfg.model.backbone.type}")
+        return counts["val_dataloader"]
+
+    def _runner_config(self, run):
+        """The config as mmengine's Runner takes it in this process (launcher, devices)."""
+        import torch
+
+        from kdcl_common import distributed as kdist
+        from kdcl_common.io import atomic_torch_save
+
+        from . import extensions, launcher
+
+        cfg, world, cuda = self.cfg, run.ctx.world_size, torch.cuda.is_available()
+        launcher.fall_back_from_syncbn(cfg, world, cuda)
+        cfg.work_dir = str(run.run_dir)
+        weights = run.run_dir / "backbone.pth"
+        if run.ctx.is_main:
+            atomic_torch_save(self.converted.state, weights)
+        kdist.barrier()
+        cfg.model.backbone.init_cfg = dict(type="Pretrained", checkpoint=str(weights))
+        # The process group exists (transfer/lifecycle.py), so the Runner does not make one;
+        # on CPUs DDP also needs device_ids=None.
+        cfg.launcher = "pytorch" if world > 1 else "none"
+        if world > 1 and not cuda:
+            cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None,
+                                         broadcast_buffers=False)
+        cfg.custom_hooks = [*cfg.get("custom_hooks", []), dict(type="KdclMetricsHook"),
+                            dict(type="PlainCheckpointHook")]
+        extensions.use_atomic_local_writes()
+        return cfg
+
+    def train(self, run) -> None:
+        from mmengine.runner import Runner
+
+        from . import extensions, launcher
+
+        cfg = self._runner_config(run)
+        cfg.resume, cfg.load_from = run.resuming, None
+        if run.resuming and run.ctx.is_main:
+            launcher.last_checkpoint(run.run_dir)  # repairs a stale pointer before mmengine reads it
+        start = time.time()
+        runner = Runner.from_cfg(cfg)
+        runner.train()
+        if run.ctx.is_main:
+            hook = next(h for h in runner.hooks if isinstance(h, extensions.KdclMetricsHook))
+            seconds = time.time() - start
+            batch = cfg.train_dataloader.batch_size * run.ctx.world_size
+            run.finish({k: None if hook.metrics.get(k) is None else round(float(hook.metrics[k]), 3)
+                        for k in ("mIoU", "mAcc", "aAcc")},
+                       hook.images, run.ctx.world_size, seconds,
+                       round(cfg.train_cfg.max_iters * batch / seconds, 2),
+                       images_per_batch=batch)
+            print("result: " + json.dumps(hook.metrics, default=float))
+
+    def evaluate(self, run) -> None:
+        from mmengine.runner import Runner
+
+        from . import extensions, launcher
+
+        cfg = self._runner_config(run)
+        checkpoint = launcher.last_checkpoint(run.run_dir)
+        cfg.load_from, cfg.resume = str(checkpoint), False
+        runner = Runner.from_cfg(cfg)
+        metrics = runner.val()
+        if run.ctx.is_main:
+            hook = next(h for h in runner.hooks if isinstance(h, extensions.KdclMetricsHook))
+            run.finish_evaluation({k: float(v) for k, v in metrics.items()}, hook.images,
+                                  str(checkpoint))
+
+    def has_checkpoint(self, run_dir: Path) -> bool:
+        from .launcher import checkpoints
+
+        return bool(checkpoints(run_dir))

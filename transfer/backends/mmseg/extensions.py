@@ -9,6 +9,8 @@
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from mmcv.transforms import BaseTransform
 from mmengine.fileio.backends import LocalBackend, register_backend
@@ -45,15 +47,25 @@ class CheckSegLabels(BaseTransform):
 
 @HOOKS.register_module()
 class KdclMetricsHook(Hook):
-    """Keeps the metrics of the last validation (mIoU, mAcc, aAcc) for the record."""
+    """Keeps the metrics of the last validation (mIoU, mAcc, aAcc) and the number of images it
+    went through, for the record."""
 
     priority = "LOWEST"
 
     def __init__(self):
         self.metrics: dict = {}
+        self.images = 0
+
+    def before_val(self, runner) -> None:
+        # Several CPU processes gather results through files: in the run folder (mmengine's
+        # default is `.dist_test/` in the working directory, left behind).
+        for metric in runner.val_evaluator.metrics:
+            if metric.collect_device == "cpu" and metric.collect_dir is None:
+                metric.collect_dir = str(Path(runner.work_dir) / ".collect")
 
     def after_val_epoch(self, runner, metrics=None) -> None:
         self.metrics = dict(metrics or {})
+        self.images = len(runner.val_dataloader.dataset)
 
 
 def _plain(value):

@@ -1,4 +1,4 @@
-"""The mmsegmentation backend: `python -m transfer <mmseg .py config> --backbone PATH`.
+"""The mmseg backend's steps (transfer/backends/mmseg/__init__.py calls them).
 
 The config is mmseg's own Python config (mmengine's Config, `_base_` inheritance, `mmseg::`
 bases). Per run: check that the backbone's architecture fits the config; set the backbone's
@@ -6,25 +6,17 @@ width, the heads' input channels and the input normalisation from its metadata; 
 dataset (folders, image/label pairs; label values and sizes as images load); convert the
 weights to mmseg's names, checked key by key against the backbone mmseg builds, and load them
 through the backbone's init_cfg; train with mmengine's Runner (torchrun -> launcher 'pytorch';
-checkpoints written atomically); evaluate with mmseg's IoUMetric; append one result record.
+checkpoints written atomically); evaluate with mmseg's IoUMetric.
 """
 from __future__ import annotations
 
 import difflib
-import json
 import os
-import time
 import warnings
 from pathlib import Path
 
-from kdcl_common import ConfigError, DataError, KdclError, artifact, models, records
-from kdcl_common import distributed as kdist
-from kdcl_common.config import config_diff, parse_overrides
-from kdcl_common.io import atomic_torch_save, atomic_write_json, atomic_write_text
-
-CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
-RESUMABLE = ("train_dataloader.num_workers", "val_dataloader.num_workers",
-             "test_dataloader.num_workers", "default_hooks.logger.interval")
+from kdcl_common import ConfigError, DataError, KdclError
+from kdcl_common.config import parse_overrides
 
 
 def require_mmseg() -> None:
@@ -49,12 +41,25 @@ def load(path: str | Path, overrides: list[str]):
     except Exception as e:  # noqa: BLE001 - mmengine raises many types for a bad config
         raise ConfigError(f"{path}: {type(e).__name__}: {e}") from None
     for key, value in parse_overrides(list(overrides)):
-        _check_key(cfg.to_dict(), key)
+        _check_type(key, _check_key(cfg.to_dict(), key), value)
         cfg.merge_from_dict({key: value}, allow_list_keys=True)
     return cfg
 
 
-def _check_key(tree: dict, dotted: str) -> None:
+def _check_type(key: str, old, new) -> None:
+    """A number stays a number and a flag a flag: `train_cfg.max_iters=ten` is refused here,
+    not deep inside mmengine."""
+    if isinstance(old, bool):
+        if not isinstance(new, bool):
+            raise ConfigError(f"{key}={new!r}: expected true or false (it is {old})")
+    elif isinstance(old, (int, float)):
+        if isinstance(new, bool) or not isinstance(new, (int, float)):
+            kind = "an integer" if isinstance(old, int) else "a number"
+            raise ConfigError(f"{key}={new!r}: expected {kind}, like its current value {old}")
+
+
+def _check_key(tree: dict, dotted: str):
+    """The value at `dotted`; a ConfigError naming the nearest key when there is none."""
     node, walked = tree, []
     for part in dotted.split("."):
         if isinstance(node, (list, tuple)):
@@ -70,16 +75,9 @@ def _check_key(tree: dict, dotted: str) -> None:
                                   f"Valid keys here: {', '.join(sorted(map(str, node)))}")
             node = node[part]
         else:
-            return
+            return None
         walked.append(part)
-
-
-def name_of(path: str | Path) -> str:
-    path = Path(path).resolve()
-    try:
-        return str(path.relative_to(CONFIG_ROOT).with_suffix(""))
-    except ValueError:
-        return path.stem
+    return node
 
 
 def backbone_channels(arch: str, kwargs: dict) -> list[int]:
@@ -109,7 +107,8 @@ def fit_backbone(cfg, meta: dict, path: Path) -> list[int]:
                               "a deep stem")
     elif backbone.type == "MobileNetV2":
         if arch != "mobilenet_v2":
-            raise ConfigError(f"{path} is a {arch} backbone, but the config builds a MobileNetV2")
+            raise ConfigError(f"{path} is a {arch} backbone, but the config builds a "
+                              f"MobileNetV2: use a config for {arch}")
         backbone.widen_factor = float(kwargs.get("width_mult", 1.0))
     else:
         raise ConfigError(f"model.backbone.type {backbone.type} is not one this project converts "
@@ -154,8 +153,10 @@ def set_classes(cfg, num_classes: int) -> None:
         pipeline.insert(position + 1, dict(type="CheckSegLabels", num_classes=num_classes))
 
 
-def check_layout(cfg) -> None:
-    """Folders exist and every image has its label map (and the reverse)."""
+def check_layout(cfg) -> dict[str, int]:
+    """Folders exist and every image has its label map (and the reverse); returns the number
+    of images per loader."""
+    counts = {}
     for loader in ("train_dataloader", "val_dataloader"):
         dataset = cfg[loader].dataset
         root = Path(dataset.data_root)
@@ -180,6 +181,8 @@ def check_layout(cfg) -> None:
                             f"{len(unlabelled)} images without a label (e.g. "
                             f"{[s + img_suffix for s in unlabelled[:3]]}), {len(orphans)} labels "
                             f"without an image (e.g. {[s + seg_suffix for s in orphans[:3]]})")
+        counts[loader] = len(image_stems)
+    return counts
 
 
 def fall_back_from_syncbn(cfg, world_size: int, cuda: bool) -> None:
@@ -206,157 +209,22 @@ def fall_back_from_syncbn(cfg, world_size: int, cuda: bool) -> None:
 
 
 # ------------------------------------------------------------------------------- run folders
+def checkpoints(work_dir: Path) -> list[Path]:
+    """mmengine's checkpoints in `work_dir`, oldest first (each written atomically)."""
+    return sorted(Path(work_dir).glob("iter_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
+
+
 def last_checkpoint(work_dir: Path) -> Path | None:
-    """The newest whole checkpoint; repairs a `last_checkpoint` pointer that a kill left
-    missing or pointing at a file that is not there (checkpoints themselves are atomic)."""
+    """The newest whole checkpoint. mmengine resumes from the file `last_checkpoint` names:
+    a kill between a checkpoint and its pointer leaves the pointer stale, so it is rewritten
+    (call only where the run folder may be written)."""
+    from kdcl_common.io import atomic_write_text
+
     pointer = work_dir / "last_checkpoint"
-    if pointer.is_file():
-        target = Path(pointer.read_text().strip())
-        if target.is_file():
-            return target
-    candidates = sorted(work_dir.glob("iter_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
-    if not candidates:
+    if pointer.is_file() and Path(pointer.read_text().strip()).is_file():
+        return Path(pointer.read_text().strip())
+    found = checkpoints(work_dir)
+    if not found:
         return None
-    atomic_write_text(pointer, str(candidates[-1]))
-    return candidates[-1]
-
-
-def run_action(work_dir: Path, resume: bool, config: dict) -> str:
-    finished = (work_dir / "result.json").is_file()
-    started = last_checkpoint(work_dir) is not None
-    if (finished or started) and not resume:
-        what = "a finished run" if finished else "the checkpoints of an unfinished run"
-        raise KdclError(f"{work_dir} holds {what}: pass --resume to continue it (a no-op when "
-                        f"finished), or change randomness.seed or the config")
-    saved = work_dir / "kdcl_config.json"
-    if (finished or started) and saved.is_file():
-        diff = config_diff(json.loads(saved.read_text()), config, ignore=RESUMABLE)
-        if diff:
-            raise ConfigError(f"refusing to resume {work_dir}: its config differs from this "
-                              f"one\n" + "\n".join(diff))
-    return "finished" if finished else "resume" if started else "start"
-
-
-# ------------------------------------------------------------------------------------- main
-def main(args) -> int:
-    require_mmseg()
-    import torch
-    from mmengine.runner import Runner
-
-    from ... import convert
-    from ...coco import synthetic
-    from ..torchvision.engine import backbone_id
-    from . import extensions
-
-    cfg = load(args.config, args.overrides)
-    if args.print_config:
-        print(cfg.pretty_text)
-        return 0
-    backbone = Path(args.backbone).with_suffix(".pth")
-    if not backbone.is_file():
-        raise KdclError(f"backbone weights not found: {backbone}")
-    meta = artifact.read_metadata(backbone)
-    fit_backbone(cfg, meta, backbone)
-    kdcl = cfg.get("kdcl", {})
-    if kdcl.get("synthetic"):
-        for loader in ("train_dataloader", "val_dataloader"):
-            synthetic.generate(cfg[loader].dataset.data_root)  # safe in every rank at once
-    check_layout(cfg)
-    classes = dataset_classes(cfg)
-    set_classes(cfg, len(classes))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    cuda = torch.cuda.is_available()
-    fall_back_from_syncbn(cfg, world, cuda)
-    name = name_of(args.config)
-    seed = cfg.get("randomness", {}).get("seed", 0)
-    work_dir = (Path(kdcl.get("output_root", "runs/transfer")) / name / backbone_id(meta, backbone)
-                / f"seed{seed}")
-    cfg.work_dir = str(work_dir)
-    config = json.loads(json.dumps(cfg.to_dict(), default=str))  # as kdcl_config.json holds it
-    action = run_action(work_dir, args.resume or args.eval_only, config)
-    if action == "finished" and not args.eval_only:
-        print(f"{work_dir} is already finished: {work_dir / 'result.json'}")
-        return 0
-
-    # Converted weights, checked against the backbone mmseg builds; each rank writes the same
-    # bytes atomically, so no rank can read a partial file.
-    from mmseg.registry import MODELS
-
-    target = MODELS.build(cfg.model.backbone).state_dict()
-    source, _ = artifact.load(backbone)
-    converted = convert.convert(source.state_dict(), meta["architecture"], "mmseg", target.keys())
-    convert.check_shapes(converted, target, f"mmseg's {cfg.model.backbone.type}")
-    weights = work_dir / "backbone.pth"
-    atomic_torch_save(converted.state, weights)
-    cfg.model.backbone.init_cfg = dict(type="Pretrained", checkpoint=str(weights))
-
-    cfg.launcher = "pytorch" if world > 1 else "none"
-    if world > 1:
-        # mmengine's 'pytorch' launcher assumes GPUs (it calls torch.cuda.set_device); the
-        # Runner skips its own set-up when a process group exists, so make it here: NCCL on
-        # GPUs, gloo on CPUs, where DDP also needs device_ids=None.
-        kdist.init("cuda" if cuda else "cpu")
-        if not cuda:
-            cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None,
-                                         broadcast_buffers=False)
-    cfg.custom_hooks = [*cfg.get("custom_hooks", []), dict(type="KdclMetricsHook"),
-                        dict(type="PlainCheckpointHook")]
-    extensions.use_atomic_local_writes()
-    if rank == 0:
-        work_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(work_dir / "kdcl_config.json", config)
-    if args.eval_only:
-        checkpoint = last_checkpoint(work_dir)
-        if checkpoint is None:
-            raise KdclError(f"--eval-only evaluates a trained run, but {work_dir} has no "
-                            f"checkpoint: train it first")
-        cfg.load_from, cfg.resume = str(checkpoint), False
-        metrics = Runner.from_cfg(cfg).val()
-        if rank == 0:
-            atomic_write_json(work_dir / "eval-val.json",
-                              {"checkpoint": str(checkpoint),
-                               "metrics": {k: float(v) for k, v in metrics.items()}})
-        return 0
-    cfg.resume, cfg.load_from = action == "resume", None
-    start = time.time()
-    runner = Runner.from_cfg(cfg)
-    runner.train()
-    if rank == 0:
-        hook = next(h for h in runner.hooks if isinstance(h, extensions.KdclMetricsHook))
-        write_record(cfg, args, meta, backbone, hook.metrics, world, time.time() - start,
-                     name, classes)
-    return 0
-
-
-def write_record(cfg, args, meta: dict, backbone: Path, metrics: dict, world: int,
-                 seconds: float, name: str, classes: tuple) -> None:
-    kdcl = cfg.get("kdcl", {})
-    batch = cfg.train_dataloader.batch_size * world
-    iterations = cfg.train_cfg.max_iters
-    record = records.append(
-        kdcl.get("records", "results/records/transfer.jsonl"), stage="transfer",
-        task="semantic_segmentation",
-        dataset="synthetic" if kdcl.get("synthetic") else "coco_stuff164k", backend="mmseg",
-        backbone=models.label(meta["architecture"], meta["constructor_kwargs"]),
-        method=meta.get("method", "unknown"),
-        metrics={k: (None if metrics.get(k) is None else round(float(metrics[k]), 3))
-                 for k in ("mIoU", "mAcc", "aAcc")}, seed=cfg.randomness.seed,
-        preset=kdcl.get("preset", "custom"), config=name, config_file=args.config,
-        config_hash=_hash(json.dumps(cfg.to_dict(), sort_keys=True, default=str)),
-        run_dir=cfg.work_dir, world_size=world, wall_seconds=seconds,
-        protocol=kdcl.get("protocol", ""), head=cfg.model.decode_head.type,
-        iterations=iterations, images_per_batch=batch, classes=len(classes),
-        backbone_path=str(backbone), backbone_sha256=meta.get("sha256"),
-        pretrain_config=meta.get("config_name"), pretrain_seed=meta.get("seed"),
-        pretrain_run=meta.get("run_dir"), icl=meta.get("icl"),
-        group="+".join(meta.get("students", [])),
-        images_per_second=round(iterations * batch / seconds, 2))
-    atomic_write_json(Path(cfg.work_dir) / "result.json", record)
-    print("result: " + json.dumps(record["metrics"]))
-
-
-def _hash(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    atomic_write_text(pointer, str(found[-1]))
+    return found[-1]

@@ -1,8 +1,5 @@
-"""Config schema of the torchvision detection backend (YAML, like pre-training's).
-
-Detectron2 configs are Detectron2's own YAML (transfer/backends/detectron2) and mmseg configs
-mmseg's own Python; `python -m transfer` tells them apart by their content.
-"""
+"""Config schema of the torchvision detection backend (YAML, like pre-training's:
+kdcl_common/config.py). `python -m transfer --help` prints it with defaults and help texts."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -14,13 +11,14 @@ from kdcl_common.checkpoint import RunCheckpoints
 from kdcl_common.config import check_choice, load_named, option
 from kdcl_common.schedule import OptimConfig
 
-from .convert import DETECTION_ARCHS
+from ...convert import DETECTION_ARCHS
+from ...naming import CONFIG_ROOT
 
-CONFIG_ROOT = Path(__file__).resolve().parent / "configs"
 DETECTORS = {"faster_rcnn": "detection", "mask_rcnn": "instance_segmentation"}
-CHECKPOINTS = RunCheckpoints(format="kdcl-bench/transfer-checkpoint-v1",
-                             finished_marker="result.json",
-                             resumable_keys=("data.workers", "train.log_interval"))
+CHECKPOINTS = RunCheckpoints(format="kdcl-bench/transfer-checkpoint-v1")
+RESUMABLE = ("data.workers", "train.log_interval")  # how the run executes, not what it computes
+RECOVERY = ("optim.lr", "optim.warmup_epochs", "optim.warmup_start_lr", "train.amp")
+EVALUATION = ("data.val_split", "train.eval_batch_size")  # may differ for --eval-only
 
 
 @dataclass
@@ -107,5 +105,16 @@ def validate(cfg: TransferConfig) -> None:
     check_choice("model.trainable_layers", cfg.model.trainable_layers, range(6))
     check_choice("data.dataset", cfg.data.dataset, ("coco", "synthetic"))
     check_choice("train.amp", cfg.train.amp, ("off", "bf16", "fp16"))
+    if cfg.data.workers < 0:
+        raise ConfigError(f"data.workers={cfg.data.workers} must be >= 0 (0: load in the "
+                          f"training process)")
+    for key in ("train.log_interval", "train.eval_batch_size", "model.min_size",
+                "model.max_size", "model.roi_batch_size_per_image"):
+        section, name = key.split(".")
+        if getattr(getattr(cfg, section), name) <= 0:
+            raise ConfigError(f"{key}={getattr(getattr(cfg, section), name)} must be > 0")
+    if cfg.train.eval_interval < 0:
+        raise ConfigError(f"train.eval_interval={cfg.train.eval_interval} must be >= 0 "
+                          f"(0: evaluate only at the end)")
     for problem in schedule.check(cfg.optim):
         raise ConfigError(problem)

@@ -1,6 +1,7 @@
 """Fine-tune and evaluate a torchvision Faster/Mask R-CNN on COCO: one process, or torchrun with
 DDP (gloo on CPU, NCCL on GPU). SGD with warm-up and multistep decay, AMP on GPU, atomic
-checkpoints every epoch, `--resume`, pycocotools evaluation, one result record per run."""
+checkpoints every epoch, pycocotools evaluation. The run folder, resume policy and record are
+transfer/lifecycle.py's."""
 from __future__ import annotations
 
 import json
@@ -14,31 +15,24 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
-from kdcl_common import ConfigError, KdclError, NonFiniteLossError, artifact, models, records
+from kdcl_common import ConfigError, DataError, KdclError, NonFiniteLossError
 from kdcl_common import distributed as kdist
-from kdcl_common.config import config_hash, to_dict, to_yaml
-from kdcl_common.io import atomic_write_json, atomic_write_text
-from kdcl_common.logs import MetricsWriter, get_logger, progress
-from kdcl_common.provenance import environment
+from kdcl_common.config import to_dict
+from kdcl_common.logs import MetricsWriter, progress
 from kdcl_common.sampling import GlobalBatchSampler, ShardSampler, sample_seed
 from kdcl_common.schedule import learning_rate
 
 from ...coco import evaluate as coco_eval
 from ...coco import synthetic
 from ...coco.dataset import CocoDetection, collate
-from ...config import CHECKPOINTS, TransferConfig
+from ...lifecycle import TransferRun
 from . import models as detectors
+from .config import CHECKPOINTS, RECOVERY, TransferConfig
 
-
-def backbone_id(meta: dict, path: Path) -> str:
-    """A readable, unique folder name for a backbone: <pretrain config>-seed<n>-<student>."""
-    if meta.get("config_name") and meta.get("name"):
-        return f"{meta['config_name'].replace('/', '-')}-seed{meta.get('seed', 0)}-{meta['name']}"
-    return f"{path.stem}-{meta.get('sha256', '')[:8]}"
-
-
-def run_dir_of(cfg: TransferConfig, meta: dict, path: Path) -> Path:
-    return Path(cfg.output_root) / cfg.name / backbone_id(meta, path) / f"seed{cfg.seed}"
+RECOVERY_ADVICE = (f"Lower optim.lr or lengthen optim.warmup_epochs, and continue with the same "
+                   f"command plus --resume and the new value: after this stop, --resume accepts "
+                   f"new values of {', '.join(RECOVERY)}, from the last checkpoint on, and the "
+                   f"record lists the change.")
 
 
 def check_backbone(cfg: TransferConfig, meta: dict, path: Path) -> None:
@@ -64,16 +58,12 @@ def _loader(dataset, batch_sampler, workers: int, pin: bool) -> DataLoader:
 
 
 class DetectionRun:
-    """Everything one fine-tuning run holds; `fit` trains, `evaluate` scores with COCOeval."""
+    """Everything one fine-tuning run holds, built (and so checked) before anything is written:
+    the datasets, the detector with the converted backbone, the optimiser."""
 
-    def __init__(self, cfg: TransferConfig, backbone: Path, config_file: str, ctx, logger):
-        self.cfg, self.ctx, self.logger, self.config_file = cfg, ctx, logger, config_file
-        self.backbone_path = backbone
-        # checks the sha256 and that the weights fit their architecture strictly
-        source, self.meta = artifact.load(backbone)
-        self.backbone_state = source.state_dict()
-        check_backbone(cfg, self.meta, backbone)
-        self.run_dir = run_dir_of(cfg, self.meta, backbone)
+    def __init__(self, cfg: TransferConfig, run: TransferRun, logger):
+        self.cfg, self.run, self.ctx, self.logger = cfg, run, run.ctx, logger
+        self.meta, self.run_dir = run.meta, run.run_dir
         self.masks = cfg.model.detector == "mask_rcnn"
         self._data()
         self._model()
@@ -90,6 +80,10 @@ class DetectionRun:
         self.train_set = CocoDetection(cfg.data.root, cfg.data.train_split, train=True,
                                        masks=self.masks, seed=cfg.seed)
         self.val_set = CocoDetection(cfg.data.root, cfg.data.val_split, train=False, masks=False)
+        if not len(self.train_set):
+            raise DataError(f"{cfg.data.train_split} of {cfg.data.root} has no image with a "
+                            f"training target (a non-crowd box of at least 1x1 pixel): nothing "
+                            f"to fine-tune on. Check data.train_split and its annotations.")
         if self.train_set.category_ids != self.val_set.category_ids:
             raise KdclError(f"the categories of {cfg.data.train_split} and {cfg.data.val_split} "
                             f"differ: {self.train_set.category_ids} vs {self.val_set.category_ids}")
@@ -109,9 +103,9 @@ class DetectionRun:
         kwargs = {k: v for k, v in meta["constructor_kwargs"].items() if k != "num_classes"}
         model = detectors.build(cfg.model, meta["architecture"], kwargs,
                                 self.train_set.num_classes, pre["mean"], pre["std"])
-        converted = detectors.load_backbone(model, self.backbone_state, meta["architecture"])
+        converted = detectors.load_backbone(model, self.run.backbone_state, meta["architecture"])
         self.logger.info(f"loaded {len(converted.state)} backbone tensors from "
-                         f"{self.backbone_path} (skipped the classifier: "
+                         f"{self.run.backbone} (skipped the classifier: "
                          f"{', '.join(converted.skipped)})")
         if cfg.model.norm == "syncbn":
             if ctx.device.type == "cuda" and ctx.distributed:
@@ -168,11 +162,13 @@ class DetectionRun:
             seen += len(images)
             if (i + 1) % cfg.train.log_interval == 0 or i + 1 == steps:
                 if int(first_bad) >= 0:
+                    last = CHECKPOINTS.path(self.run_dir)
+                    kept = (f"the last good checkpoint is {last} (not overwritten)"
+                            if last.is_file() else "no checkpoint had been written yet")
                     raise NonFiniteLossError(
                         f"the detection loss became NaN/inf at epoch {epoch + 1}, step "
                         f"{int(first_bad) - epoch * steps + 1} of {steps}; training stopped and "
-                        f"the last checkpoint ({CHECKPOINTS.path(self.run_dir)}) is kept. Lower "
-                        f"optim.lr or lengthen optim.warmup_epochs.")
+                        f"{kept}. {RECOVERY_ADVICE}")
                 now = {k: float(v) for k, v in sums.items()}
                 n = (i + 1) - window.get("_step", 0)
                 writer.write("train", step + 1, {"lr": self.optimizer.param_groups[0]["lr"],
@@ -189,11 +185,14 @@ class DetectionRun:
     # --------------------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self) -> dict | None:
-        """COCO APs (x100) of boxes (and masks) on the validation split; None off rank 0."""
+        """COCO APs (x100) of boxes (and masks) on the validation split, and the number of
+        images scored (`images`); None off rank 0."""
         self.model.eval()
         category_ids = self.val_set.category_ids
         results: list[dict] = []
+        seen = []
         for images, targets in self.val_loader:
+            seen += [t["image_id"] for t in targets]
             images = [im.to(self.ctx.device, non_blocking=True) for im in images]
             with self.autocast():
                 outputs = self.model(images)
@@ -202,8 +201,9 @@ class DetectionRun:
                 results += coco_eval.to_coco_results(target["image_id"], output, category_ids)
         if self.ctx.distributed:
             gathered = [None] * self.ctx.world_size
-            dist.all_gather_object(gathered, results)
-            results = [r for part in gathered for r in part]
+            dist.all_gather_object(gathered, (results, seen))
+            results = [r for part, _ in gathered for r in part]
+            seen = [i for _, part in gathered for i in part]
         if not self.ctx.is_main:
             return None
         metrics = {f"bbox_{k}": v for k, v in
@@ -212,6 +212,7 @@ class DetectionRun:
             metrics.update({f"segm_{k}": v for k, v in
                             coco_eval.evaluate(self.val_set.coco, results, "segm").items()})
         metrics["detections"] = len(results)
+        metrics["images"] = len(set(seen))
         return metrics
 
     # -------------------------------------------------------------------------- checkpoints
@@ -223,50 +224,17 @@ class DetectionRun:
     def restore(self, state: dict) -> tuple[int, list, float]:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when saved without fp16 (train.amp may change after NaN)
+            self.scaler.load_state_dict(state["scaler"])
         return state["epoch"], state["history"], state["wall_seconds"]
 
 
-def run(cfg: TransferConfig, backbone: str | Path, config_file: str, resume: bool = False,
-        eval_only: bool = False) -> Path:
-    ctx = kdist.init(cfg.train.device)
-    try:
-        return _run(cfg, Path(backbone), config_file, resume, eval_only, ctx)
-    finally:
-        kdist.shutdown()
-
-
-def _run(cfg, backbone: Path, config_file: str, resume: bool, eval_only: bool, ctx) -> Path:
-    logger = get_logger("transfer", ctx.rank)
-    backbone = backbone.with_suffix(".pth")
-    if not backbone.is_file():
-        raise KdclError(f"backbone weights not found: {backbone}")
-    meta = artifact.read_metadata(backbone)
-    run_dir = run_dir_of(cfg, meta, backbone)
-    config = to_dict(cfg)
-    if eval_only:
-        return _evaluate_only(cfg, backbone, config_file, ctx, logger, run_dir)
-    action = CHECKPOINTS.check_run_dir(run_dir, resume)
-    if action == "finished":
-        CHECKPOINTS.check_finished_config(run_dir, config)
-        logger.info(f"{run_dir} is already finished: {run_dir / 'result.json'}")
-        return run_dir
-    logger = get_logger("transfer", ctx.rank, run_dir / "log.txt")
-    session = DetectionRun(cfg, backbone, config_file, ctx, logger)
-    if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
-        atomic_write_json(run_dir / "environment.json",
-                          {**environment(ctx.world_size), "config_file": config_file,
-                           "config_hash": config_hash(cfg), "backbone": str(backbone),
-                           "backbone_meta": {k: v for k, v in meta.items() if k != "config"}})
-    logger.info(f"{cfg.name} ({cfg.model.detector}, protocol {cfg.protocol}) on {backbone} "
-                f"({meta['architecture']}, {meta.get('method')}): {len(session.train_set)} "
-                f"training images, {ctx.world_size} process(es) on {ctx.device.type}; "
-                f"writing to {run_dir}")
+def train(session: DetectionRun, run: TransferRun) -> None:
+    """Fine-tune from the start or the last checkpoint, evaluate, and record (main process)."""
+    cfg, ctx, logger, run_dir = session.cfg, session.ctx, session.logger, run.run_dir
     start_epoch, history, wall = 0, [], 0.0
-    if action == "resume":
-        start_epoch, history, wall = session.restore(CHECKPOINTS.load(run_dir, config))
+    if run.resuming:
+        start_epoch, history, wall = session.restore(CHECKPOINTS.load(run_dir))
         logger.info(f"resumed from {CHECKPOINTS.path(run_dir)} after epoch {start_epoch}")
     writer = MetricsWriter(run_dir, enabled=ctx.is_main)
     try:
@@ -295,41 +263,23 @@ def _run(cfg, backbone: Path, config_file: str, resume: bool, eval_only: bool, c
     if ctx.is_main:
         final = history[-1]
         metrics = {k[len("val/"):]: v for k, v in final.items()
-                   if k.startswith("val/") and k != "val/detections"}
+                   if k.startswith("val/") and k not in ("val/detections", "val/images")}
         images = sum(h["train_images"] for h in history)
         seconds = sum(h["train_seconds"] for h in history)
-        record = records.append(
-            cfg.records, stage="transfer", task=cfg.task, dataset=cfg.data.dataset,
-            backend="torchvision", backbone=models.label(meta["architecture"],
-                                                         meta["constructor_kwargs"]),
-            method=meta.get("method", "unknown"), metrics=metrics, seed=cfg.seed,
-            preset=cfg.preset, config=cfg.name, config_file=config_file,
-            config_hash=config_hash(cfg), run_dir=run_dir, world_size=ctx.world_size,
-            wall_seconds=wall, protocol=cfg.protocol, detector=cfg.model.detector,
-            epochs=cfg.optim.epochs, backbone_path=str(backbone),
-            backbone_sha256=meta.get("sha256"), pretrain_config=meta.get("config_name"),
-            pretrain_seed=meta.get("seed"), pretrain_run=meta.get("run_dir"),
-            icl=meta.get("icl"), group="+".join(meta.get("students", [])),
-            images_per_second=round(images / seconds, 2) if seconds else None)
-        atomic_write_json(run_dir / CHECKPOINTS.finished_marker, record)
+        run.finish(metrics, final.get("val/images", 0), ctx.world_size, wall,
+                   round(images / seconds, 2) if seconds else None)
         logger.info("result: " + ", ".join(f"{k} {v}" for k, v in metrics.items()))
     kdist.barrier()
-    return run_dir
 
 
-def _evaluate_only(cfg, backbone: Path, config_file: str, ctx, logger, run_dir: Path) -> Path:
-    """Evaluate the run's trained weights (its last checkpoint) on data.val_split."""
-    if not CHECKPOINTS.path(run_dir).is_file():
-        raise KdclError(f"--eval-only evaluates a trained run, but {run_dir} has no checkpoint: "
-                        f"train it first (the same command without --eval-only)")
-    session = DetectionRun(cfg, backbone, config_file, ctx, logger)
-    state = torch.load(CHECKPOINTS.path(run_dir), map_location="cpu", weights_only=True)
+def evaluate_checkpoint(session: DetectionRun, run: TransferRun) -> None:
+    """--eval-only: the run's last checkpoint on data.val_split."""
+    path = CHECKPOINTS.path(run.run_dir)
+    state = CHECKPOINTS.load(run.run_dir)
     session.model.load_state_dict(state["model"])
     scores = session.evaluate()
-    if ctx.is_main:
-        out = run_dir / f"eval-{cfg.data.val_split}.json"
-        atomic_write_json(out, {"epoch": state["epoch"], "metrics": scores,
-                                "config_hash": config_hash(cfg)})
-        logger.info(f"evaluated epoch {state['epoch']} on {cfg.data.val_split}: {json.dumps(scores)}"
-                    f" (written to {out})")
-    return run_dir
+    if session.ctx.is_main:
+        images = scores.pop("images")
+        out = run.finish_evaluation(scores, images, str(path))
+        session.logger.info(f"evaluated epoch {state['epoch']} on {session.cfg.data.val_split}: "
+                            f"{json.dumps(scores)} (written to {out})")

@@ -24,7 +24,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from torchvision.ops.poolers import initLevelMapper
 
 from ... import convert
-from ...config import ModelConfig
+from .config import ModelConfig
 
 # Where MobileNetV2's `features` change stride: stem (2), then strides 4, 8, 16, 32.
 MOBILENET_STAGE_STARTS = (0, 2, 4, 7, 14)

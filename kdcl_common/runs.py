@@ -1,0 +1,197 @@
+"""Run folders: what identifies a run, and what a command may do with the folder it names. One
+policy for the pre-training stage and every transfer backend.
+
+**Identity.** A run is what its inputs are: its resolved config, compared key by key, and the
+sha256 of every file it takes weights from (a transfer run's backbone, a KD run's teacher).
+`<run>/run.json` holds both (format: kdcl_common/identity.py). It is written when the run
+starts, after every check has passed, so a refused or failed command leaves an existing folder
+byte-identical and creates none.
+
+**What a command does** with the folder (`RunFolder.decide`):
+
+    the folder holds     no flag      --resume                              --restart
+    nothing              start        start                                 start
+    an unfinished run    refused      resume it, if the identity matches    archive it, start
+    a finished run       refused      nothing (exit 0), if it matches       archive it, start
+
+The identity matches when every input has the same sha256 and the config differs at most in the
+keys that may change on resume (worker counts, log intervals). After a stop for a non-finite
+loss the recovery keys (learning rate, warm-up, precision) may change too; the change is kept
+in run.json and in the result record. A refusal says what differs and what to do. --restart
+renames the folder to `<folder>.superseded-<UTC time>`: nothing is deleted. When a run starts or
+resumes, the temporary files of its own killed atomic writes are removed.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import ConfigError, KdclError
+from .config import config_diff, config_hash
+from .identity import FORMAT, IDENTITY_FILE, changed_inputs, read
+from .io import atomic_write_json, atomic_write_text, remove_temporaries
+
+START, RESUME, RESTART, FINISHED = "start", "resume", "restart", "finished"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What a stage (or transfer backend) tells the run-folder policy about its runs."""
+
+    finished_marker: str                     # written last by a finished run (relative path)
+    has_checkpoint: Callable[[Path], bool]   # an unfinished run left something to resume
+    resumable_keys: tuple[str, ...] = ()     # config keys that may change on --resume
+    recovery_keys: tuple[str, ...] = ()      # ... and after a non-finite-loss stop
+    config_file: str = "config.yaml"         # the run's config as the user reads it
+    other_run: str = "seed=<n> or name=<new name>"  # how to make a separate run instead
+    temporaries: tuple[str, ...] = ()        # glob patterns beyond kdcl_common.io's .*.tmp
+
+
+@dataclass
+class Identity:
+    config: dict                                          # the resolved config, plain
+    inputs: dict[str, dict] = field(default_factory=dict)  # role -> {"path", "sha256"}
+
+    @property
+    def config_hash(self) -> str:
+        return config_hash(self.config)
+
+
+def superseded_name(path: Path) -> Path:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return path.with_name(f"{path.name}.superseded-{stamp}")
+
+
+class RunFolder:
+    def __init__(self, path: str | os.PathLike, policy: Policy, identity: Identity):
+        self.path, self.policy, self.identity = Path(path), policy, identity
+        self.changes: list[str] = []  # accepted config changes of this resume (recovery keys)
+
+    @property
+    def finished(self) -> bool:
+        return (self.path / self.policy.finished_marker).is_file()
+
+    def decide(self, resume: bool = False, restart: bool = False) -> str:
+        """'start', 'resume', 'restart' or 'finished'; raises when the command is refused.
+        Reads the folder, writes nothing."""
+        finished = self.finished
+        if not finished and not self.policy.has_checkpoint(self.path):
+            return START
+        if restart:
+            return RESTART
+        held = "a finished run" if finished else "the checkpoint of an unfinished run"
+        if not resume:
+            todo = "leave it as it is (a no-op)" if finished else "continue it"
+            raise KdclError(f"{self.path} holds {held}: pass --resume to {todo}, --restart to "
+                            f"archive it and start again, or make a separate run with "
+                            f"{self.policy.other_run}.")
+        self._check_identity(held)
+        return FINISHED if finished else RESUME
+
+    def _check_identity(self, held: str) -> None:
+        saved = read(self.path)
+        restart = (f"--restart archives it (renamed to {self.path.name}.superseded-<time>, "
+                   f"nothing is deleted) and runs again")
+        if saved is None:
+            raise KdclError(f"refusing to resume {self.path}: it holds {held} that does not "
+                            f"record its inputs ({IDENTITY_FILE} is missing: made by an older "
+                            f"kdcl-bench), so it cannot be told apart from a run of other "
+                            f"weights or another config. {restart}.")
+        inputs = changed_inputs(saved, self.identity.inputs)
+        if inputs:
+            raise KdclError(f"refusing to resume {self.path}: it was made from other weights\n  "
+                            + "\n  ".join(inputs) + f"\nIts result stays as it is. {restart} "
+                            f"with these weights, or make a separate run with "
+                            f"{self.policy.other_run}.")
+        allowed = self.policy.resumable_keys
+        if saved.get("stopped"):
+            allowed += self.policy.recovery_keys
+        diff = config_diff(saved.get("config") or {}, self.identity.config, ignore=allowed)
+        if diff:
+            recovery = (f" After a stop for a non-finite loss, "
+                        f"{', '.join(self.policy.recovery_keys)} may change too."
+                        if self.policy.recovery_keys else "")
+            raise ConfigError(
+                f"refusing to resume {self.path}: its config differs from this one\n"
+                + "\n".join(diff)
+                + f"\nResume with the original config (saved in "
+                  f"{self.path / self.policy.config_file}), make a separate run with "
+                  f"{self.policy.other_run}, or use --restart. Only "
+                  f"{', '.join(self.policy.resumable_keys) or 'nothing'} may change.{recovery}")
+        self.changes = config_diff(saved.get("config") or {}, self.identity.config,
+                                   ignore=self.policy.resumable_keys)
+
+    def status(self) -> tuple[str, str]:
+        """('done' | 'todo' | 'stale', why) for a driver such as run_all.sh: 'done' is a
+        finished run of this identity, 'stale' a run (finished or not) of other weights or
+        another config, to run again with --restart. Reads the folder, writes nothing."""
+        saved = read(self.path)
+        if saved is None:
+            if self.finished or self.policy.has_checkpoint(self.path):
+                return "stale", f"{self.path} does not record its inputs (an older kdcl-bench)"
+            return "todo", ""
+        inputs = changed_inputs(saved, self.identity.inputs)
+        if inputs:
+            return "stale", "made from other weights: " + "; ".join(inputs)
+        allowed = self.policy.resumable_keys + (self.policy.recovery_keys
+                                                if saved.get("stopped") else ())
+        diff = config_diff(saved.get("config") or {}, self.identity.config, ignore=allowed)
+        if diff:
+            return "stale", "its config changed: " + "; ".join(line.strip() for line in diff)
+        return ("done", "") if self.finished else ("todo", "")
+
+    def check_evaluable(self, evaluation_keys: tuple[str, ...] = ()) -> None:
+        """--eval-only: the folder must hold a trained run of this identity (the config may
+        differ in the evaluation keys: another split, batch size)."""
+        if not self.finished and not self.policy.has_checkpoint(self.path):
+            raise KdclError(f"--eval-only evaluates a trained run, but {self.path} has no "
+                            f"checkpoint: train it first (the same command without --eval-only)")
+        saved = read(self.path)
+        inputs = changed_inputs(saved, self.identity.inputs) if saved else ["(not recorded)"]
+        if inputs:
+            raise KdclError(f"--eval-only: {self.path} was trained from other weights\n  "
+                            + "\n  ".join(inputs) + "\nEvaluate it with the weights it was "
+                            "trained from, or train a run from these.")
+        diff = config_diff(saved.get("config") or {}, self.identity.config,
+                           ignore=self.policy.resumable_keys + tuple(evaluation_keys))
+        if diff:
+            raise ConfigError(f"--eval-only: the config differs from the one {self.path} was "
+                              f"trained with in more than the evaluation settings\n"
+                              + "\n".join(diff))
+
+    def start(self, action: str, files: dict[str, str] | None = None) -> None:
+        """Make the folder this run's (on the main process only, after every check): archive
+        it first for --restart, remove stale temporaries, write run.json and `files`."""
+        saved = read(self.path) if action == RESUME else None
+        if action == RESTART:
+            archive = superseded_name(self.path)
+            os.rename(self.path, archive)
+        self.path.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(self.path, self.policy.temporaries)
+        history = list((saved or {}).get("changes", []))
+        if self.changes:
+            history.append({"resumed": _now(), "diff": self.changes})
+        atomic_write_json(self.path / IDENTITY_FILE, {
+            "format": FORMAT, "config_hash": self.identity.config_hash,
+            "config": self.identity.config, "inputs": self.identity.inputs,
+            **({"changes": history} if history else {})})
+        for name, text in (files or {}).items():
+            atomic_write_text(self.path / name, text)
+
+    def accepted_changes(self) -> list[dict]:
+        """The config changes accepted on resumes after non-finite stops (for the record)."""
+        return list((read(self.path) or {}).get("changes", []))
+
+    def mark_stopped(self, reason: str) -> None:
+        """Note a stop for a non-finite loss: the next --resume may change the recovery keys."""
+        saved = read(self.path)
+        if saved is not None:
+            atomic_write_json(self.path / IDENTITY_FILE,
+                              {**saved, "stopped": {"reason": reason, "at": _now()}})
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

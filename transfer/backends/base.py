@@ -1,0 +1,108 @@
+"""What a transfer backend implements. transfer/lifecycle.py does everything that is the same
+for every backend (the backbone, the run folder and its identity, --resume and --restart, the
+result record); a backend drives its framework through these steps, in this order:
+
+    load_config(path, overrides)   read its own config format (with key=value overrides)
+    fit_backbone(meta, path)       check the backbone's architecture against the config; take
+                                   its width and input normalisation from its metadata
+    spec()                         what the lifecycle needs to know about the config
+    prepare(run)                   everything that can fail before training, writing nothing:
+                                   data present and well-formed, the model built, the weights
+                                   converted and checked; returns the evaluation images' count
+    train(run)                     after the run folder is written: train, evaluate, and call
+                                   run.finish(...) on the main process
+    evaluate(run)                  evaluate the run's last checkpoint: run.finish_evaluation(...)
+    has_checkpoint(run_dir)        whether an unfinished run left something to resume
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from kdcl_common import ConfigError
+
+from ..convert import DETECTION_ARCHS
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A loaded, fitted config as the lifecycle sees it."""
+
+    name: str                 # the first level of the run folder (transfer/naming.py)
+    seed: int
+    output_root: str
+    records: str              # the JSONL file result records are appended to
+    preset: str               # smoke, paper or custom
+    protocol: str             # the fine-tuning protocol, e.g. paper14ep_syncbn
+    task: str                 # detection | instance_segmentation | semantic_segmentation
+    dataset: str
+    config: dict              # the resolved config as plain data: the run's identity
+    config_text: str          # the config as the backend prints it (--print-config)
+    config_file: str          # the name that text gets in the run folder
+    device: str = "auto"      # auto, cpu or cuda: the device torchrun's processes use
+    resumable_keys: tuple[str, ...] = ()   # may change on --resume
+    recovery_keys: tuple[str, ...] = ()    # ... and on the --resume after a non-finite stop
+    evaluation_keys: tuple[str, ...] = ()  # may change for --eval-only ('key.*': everything below)
+    other_run: str = "seed=<n>"            # how to make a separate run of the same config
+    evaluation_split: str = "val"          # names eval-<split>.json
+    temporaries: tuple[str, ...] = ()      # the framework's own partial files (globs)
+    extra: dict | None = None              # backend fields for the result record
+
+
+class Backend:
+    name: ClassVar[str]
+    architectures: ClassVar[tuple[str, ...]] = DETECTION_ARCHS  # what it converts weights for
+    # Command-line options of this backend only: dest -> argparse.add_argument keywords (with
+    # a "flag" key). Given for a config of another backend, they are refused.
+    options: ClassVar[dict[str, dict[str, Any]]] = {}
+    launch: ClassVar[str] = ("For several processes use torchrun: torchrun --nproc_per_node N "
+                             "-m transfer CONFIG --backbone PATH")
+
+    @classmethod
+    def claims(cls, path: Path, yaml_data: Any) -> bool:
+        """Whether the config at `path` is this backend's (`yaml_data`: its YAML, parsed, or
+        None when it is not YAML)."""
+        raise NotImplementedError
+
+    def __init__(self, args=None):
+        self.args = args  # the command line, for the backend's own options
+
+    def load_config(self, path: Path, overrides: list[str]) -> None:
+        raise NotImplementedError
+
+    def fit_backbone(self, meta: dict, path: Path) -> None:
+        raise NotImplementedError
+
+    def spec(self) -> Spec:
+        raise NotImplementedError
+
+    def prepare(self, run) -> int:
+        raise NotImplementedError
+
+    def train(self, run) -> None:
+        raise NotImplementedError
+
+    def evaluate(self, run) -> None:
+        raise NotImplementedError
+
+    def has_checkpoint(self, run_dir: Path) -> bool:
+        raise NotImplementedError
+
+
+def option(args, dest: str, default):
+    """A backend option's value from the command line (None there: not given)."""
+    value = getattr(args, dest, None) if args is not None else None
+    return default if value is None else value
+
+
+def refuse_other_options(backend: type[Backend], args, registered: list[type[Backend]],
+                         config: str) -> None:
+    """Options that belong to another backend are an error, not silently ignored."""
+    for other in registered:
+        if other is backend:
+            continue
+        for dest, spec in other.options.items():
+            if getattr(args, dest, None) is not None:
+                raise ConfigError(f"{spec['flag']} is an option of the {other.name} backend, "
+                                  f"and {config} is a {backend.name} config. {backend.launch}")

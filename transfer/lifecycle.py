@@ -1,0 +1,209 @@
+"""One transfer run, the same for every backend (transfer/backends/base.py says what a backend
+adds):
+
+1. the backbone is checked (its sha256 against its metadata, a strict load into its
+   architecture); the backend loads its config and fits it to the backbone;
+2. the backend prepares data, model and converted weights: everything that can fail before
+   training, writing nothing; an empty evaluation split stops the run here;
+3. the run folder `<output root>/<config name>/<backbone id>/seed<n>` (transfer/naming.py) is
+   decided by the policy of kdcl_common/runs.py: start, resume, restart, or already finished;
+   the run's identity is its resolved config and the backbone's sha256;
+4. the folder is written (run.json, the config, environment.json), then the backend trains;
+5. the result record is written only from an evaluation that saw images, then result.json,
+   which marks the run finished.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from kdcl_common import DataError, KdclError, NonFiniteLossError, artifact, identity, models
+from kdcl_common import distributed as kdist
+from kdcl_common import records
+from kdcl_common.distributed import DistContext
+from kdcl_common.io import atomic_write_json
+from kdcl_common.logs import attach_file, get_logger
+from kdcl_common.provenance import environment
+from kdcl_common.runs import FINISHED, RESUME, START, Identity, Policy, RunFolder
+
+from . import naming
+from .backends.base import Backend, Spec
+
+FINISHED_MARKER = "result.json"
+
+
+@dataclass
+class TransferRun:
+    """What a backend's prepare, train and evaluate get: the run's config, backbone and folder
+    (picklable, for backends that start their own processes)."""
+
+    backend: str
+    spec: Spec
+    config_path: str
+    backbone: Path
+    meta: dict
+    run_dir: Path
+    ctx: DistContext
+    action: str = START
+    backbone_state: dict | None = field(default=None, repr=False)  # the artifact's weights
+
+    @property
+    def resuming(self) -> bool:
+        return self.action == RESUME
+
+    def without_weights(self) -> "TransferRun":
+        return replace(self, backbone_state=None)
+
+    def finish(self, metrics: dict, evaluated_images: int, world_size: int,
+               wall_seconds: float, images_per_second: float | None, **extra) -> dict:
+        """Append the result record and write result.json (main process only)."""
+        self._check_evaluated(evaluated_images)
+        spec, meta = self.spec, self.meta
+        changes = (identity.read(self.run_dir) or {}).get("changes")
+        record = records.append(
+            spec.records, stage="transfer", task=spec.task, dataset=spec.dataset,
+            backend=self.backend, backbone=models.label(meta["architecture"],
+                                                        meta["constructor_kwargs"]),
+            method=meta.get("method", "unknown"), metrics=metrics, seed=spec.seed,
+            preset=spec.preset, config=spec.name, config_file=self.config_path,
+            config_hash=Identity(spec.config).config_hash, run_dir=self.run_dir,
+            world_size=world_size, wall_seconds=wall_seconds, protocol=spec.protocol,
+            backbone_path=str(self.backbone), backbone_sha256=meta["sha256"],
+            pretrain_config=meta.get("config_name"), pretrain_seed=meta.get("seed"),
+            pretrain_run=meta.get("run_dir"), icl=meta.get("icl"),
+            group="+".join(meta.get("students", [])), evaluated_images=evaluated_images,
+            images_per_second=images_per_second, **(spec.extra or {}), **extra,
+            **({"config_changes": changes} if changes else {}))
+        atomic_write_json(self.run_dir / FINISHED_MARKER, record)
+        return record
+
+    def finish_evaluation(self, metrics: dict, evaluated_images: int, checkpoint: str) -> Path:
+        """--eval-only's result: eval-<split>.json in the run folder (no record)."""
+        self._check_evaluated(evaluated_images)
+        out = self.run_dir / f"eval-{self.spec.evaluation_split}.json"
+        atomic_write_json(out, {"checkpoint": checkpoint, "metrics": metrics,
+                                "evaluated_images": evaluated_images,
+                                "config_hash": Identity(self.spec.config).config_hash,
+                                "backbone_sha256": self.meta["sha256"]})
+        return out
+
+    def _check_evaluated(self, images: int) -> None:
+        if images <= 0:
+            raise DataError(f"the evaluation of {self.run_dir} saw no images, so there is no "
+                            f"result to record: check the evaluation split of {self.config_path}")
+
+
+def policy(backend: Backend, spec: Spec) -> Policy:
+    return Policy(finished_marker=FINISHED_MARKER, has_checkpoint=backend.has_checkpoint,
+                  resumable_keys=spec.resumable_keys, recovery_keys=spec.recovery_keys,
+                  config_file=spec.config_file, other_run=spec.other_run,
+                  temporaries=spec.temporaries)
+
+
+def check_architecture(backend: Backend, meta: dict, path: Path) -> None:
+    arch = meta["architecture"]
+    if arch not in backend.architectures:
+        raise KdclError(f"{path} is a {arch} backbone, which cannot serve as a detection or "
+                        f"segmentation backbone: the {backend.name} backend takes "
+                        f"{', '.join(backend.architectures)} (CIFAR networks have no stride-32 "
+                        f"stage for a feature pyramid). Fine-tune one of those.")
+
+
+@dataclass
+class Resolved:
+    """A command's config, fitted to its backbone, and the run folder it names."""
+
+    spec: Spec
+    backbone: Path
+    meta: dict
+    folder: RunFolder
+
+
+def resolve(backend: Backend, config: Path, overrides: list[str], backbone: Path) -> Resolved:
+    """Load and fit the config, check the backbone's file against its sha256, and name the
+    run folder with its identity (the config and the backbone's sha256). Writes nothing."""
+    backend.load_config(Path(config), overrides)
+    backbone, meta = artifact.verified_metadata(backbone)
+    check_architecture(backend, meta, backbone)
+    backend.fit_backbone(meta, backbone)
+    spec = backend.spec()
+    folder = RunFolder(naming.run_dir(spec.output_root, spec.name, meta, backbone, spec.seed),
+                       policy(backend, spec),
+                       Identity(spec.config, {"backbone": {"path": str(backbone),
+                                                           "sha256": meta["sha256"]}}))
+    return Resolved(spec, backbone, meta, folder)
+
+
+def status(config: str | Path, backbone: str | Path, overrides: list[str] = ()) -> tuple[str, str]:
+    """What `python -m transfer config --backbone backbone` would find (RunFolder.status)."""
+    from .cli import backend_of
+
+    return resolve(backend_of(config)(), Path(config), list(overrides),
+                   Path(backbone)).folder.status()
+
+
+def run(backend: Backend, args) -> int:
+    """`python -m transfer` for a config of `backend` (already chosen by transfer/cli.py)."""
+    resolved = resolve(backend, Path(args.config), args.overrides, Path(args.backbone))
+    if args.print_config:
+        text = resolved.spec.config_text
+        print(text, end="" if text.endswith("\n") else "\n")
+        return 0
+    source, _ = artifact.load(resolved.backbone)  # a strict load into its architecture
+    ctx = kdist.init(resolved.spec.device)
+    try:
+        return _run(backend, args, resolved, source.state_dict(), ctx)
+    finally:
+        kdist.shutdown()
+
+
+def _run(backend: Backend, args, resolved: Resolved, state: dict, ctx: DistContext) -> int:
+    logger = get_logger("transfer", ctx.rank)
+    spec, backbone, meta, folder = (resolved.spec, resolved.backbone, resolved.meta,
+                                    resolved.folder)
+    run_dir = folder.path
+    transfer = TransferRun(backend.name, spec, str(args.config), backbone, meta, run_dir, ctx,
+                           backbone_state=state)
+    if args.eval_only:
+        folder.check_evaluable(spec.evaluation_keys)
+        if backend.prepare(transfer) <= 0:
+            raise _empty_evaluation(spec, args.config)
+        backend.evaluate(transfer)
+        return 0
+    action = folder.decide(args.resume, args.restart)
+    if action == FINISHED:
+        logger.info(f"{run_dir} is already finished: {run_dir / FINISHED_MARKER}")
+        return 0
+    transfer.action = action
+    if backend.prepare(transfer) <= 0:
+        raise _empty_evaluation(spec, args.config)
+    kdist.barrier()  # every process has read the folder before the main one changes it
+    if ctx.is_main:
+        folder.start(action, {
+            spec.config_file: spec.config_text,
+            "environment.json": json.dumps({
+                **environment(ctx.world_size), "config_file": str(args.config),
+                "config_hash": folder.identity.config_hash, "backbone": str(backbone),
+                "backbone_meta": {k: v for k, v in meta.items() if k != "config"}},
+                indent=2, default=str) + "\n"})
+        attach_file(logger, run_dir / "log.txt")
+    kdist.barrier()
+    logger.info(f"{spec.name} ({spec.task}, protocol {spec.protocol}) on {backbone} "
+                f"({meta['architecture']}, {meta.get('method')}), {backend.name}: "
+                f"{ctx.world_size} process(es); writing to {run_dir}"
+                + (f"; resumed with {'; '.join(c.strip() for c in folder.changes)}"
+                   if folder.changes else ""))
+    try:
+        backend.train(transfer)
+    except NonFiniteLossError:
+        if ctx.is_main:
+            folder.mark_stopped("non-finite loss")
+        raise
+    return 0
+
+
+def _empty_evaluation(spec: Spec, config) -> DataError:
+    return DataError(f"the evaluation split ({spec.evaluation_split}) of {config} holds no images: "
+                     f"a run would record an evaluation of nothing. Point the config at a "
+                     f"split with images.")

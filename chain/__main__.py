@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run_all: backend {', '.join(absent)} is not installed in {sys.executable}; "
               f"install it (README, Set-up) or leave it out of --backends", file=sys.stderr)
         return 2
-    problems = missing_data([s for s in steps if s.state(exact)[0] != "done"])
+    problems = missing_data([s for s in steps if s.needs and s.state(exact)[0] != "done"])
     if problems:
         print("run_all: the dataset paths are missing:\n" + "\n".join(problems) + "\nSet them, "
               f"e.g. `IMAGENET_ROOT=/data/imagenet bash run_all.sh --preset {args.preset}`, or "

@@ -106,12 +106,18 @@ def load(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     """Build the network described by `<path>.json` and load `<path>.pth` into it strictly,
     after checking the file against the sha256 in its metadata."""
     path, meta = verified_metadata(path)
+    return build(path, meta), meta
+
+
+def build(path: Path, meta: dict) -> nn.Module:
+    """The network of `meta` with the weights of `path` loaded strictly (`path` and `meta` from
+    verified_metadata: the file is not hashed again)."""
     state = load_tensors(path, "state_dict")
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise KdclError(f"{path} is not a plain state_dict (a mapping of names to tensors)")
     model = models.build(meta["architecture"], **meta["constructor_kwargs"])
     load_strict(model, state, f"{path} ({meta['architecture']})")
-    return model, meta
+    return model
 
 
 def load_strict(model: nn.Module, state: dict, what: str) -> None:

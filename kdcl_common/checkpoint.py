@@ -26,9 +26,11 @@ class RunCheckpoints:
         try:
             atomic_torch_save({"format": self.format, **state}, target)
         except DiskFullError as e:
-            raise DiskFullError(target, f"The previous checkpoint (after epoch "
-                                f"{state.get('epoch', 1) - 1}) is intact: free some space, then "
-                                f"run the same command with --resume.") from e
+            previous = state.get("epoch", 1) - 1
+            kept = (f"The previous checkpoint (after epoch {previous}) is intact" if previous
+                    else "No checkpoint had been written yet")
+            raise DiskFullError(target, f"{kept}: free some space, then run the same command "
+                                f"with --resume.") from e
         return target
 
     def load(self, run_dir: Path) -> dict:

@@ -45,6 +45,11 @@ def read(run_dir: str | os.PathLike) -> dict | None:
     return saved if isinstance(saved, dict) and saved.get("format") == FORMAT else None
 
 
+def accepted_changes(run_dir: str | os.PathLike) -> list[dict]:
+    """The config changes accepted on resumes after non-finite stops (for the result record)."""
+    return list((read(run_dir) or {}).get("changes", []))
+
+
 def changed_inputs(saved: dict, current: dict[str, dict]) -> list[str]:
     """One line per input whose file differs between `saved` and `current` identities'
     inputs ({role: {"path", "sha256"}}), e.g. 'backbone runs/.../resnet18.pth: sha256

@@ -23,6 +23,7 @@ resumes, the temporary files of its own killed atomic writes are removed.
 """
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import os
 from dataclasses import dataclass, field
@@ -58,6 +59,19 @@ class Identity:
     @property
     def config_hash(self) -> str:
         return config_hash(self.config)
+
+
+def add_arguments(parser: argparse.ArgumentParser, weights: str):
+    """--resume and --restart, as both stages' CLIs offer them (`weights`: what the run reads
+    weights from, for the help); returns their mutually exclusive group for more modes."""
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true",
+                      help="continue the run from its last checkpoint (a no-op when it has "
+                           f"finished); refused for a run of another config or other {weights}")
+    mode.add_argument("--restart", action="store_true",
+                      help="archive the run folder (renamed to <folder>.superseded-<time>) and "
+                           "run again")
+    return mode
 
 
 def superseded_name(path: Path) -> Path:
@@ -100,16 +114,12 @@ class RunFolder:
                             f"record its inputs ({IDENTITY_FILE} is missing: made by an older "
                             f"kdcl-bench), so it cannot be told apart from a run of other "
                             f"weights or another config. {restart}.")
-        inputs = changed_inputs(saved, self.identity.inputs)
+        inputs, diff = self._differences(saved)
         if inputs:
             raise KdclError(f"refusing to resume {self.path}: it was made from other weights\n  "
                             + "\n  ".join(inputs) + f"\nIts result stays as it is. {restart} "
                             f"with these weights, or make a separate run with "
                             f"{self.policy.other_run}.")
-        allowed = self.policy.resumable_keys
-        if saved.get("stopped"):
-            allowed += self.policy.recovery_keys
-        diff = config_diff(saved.get("config") or {}, self.identity.config, ignore=allowed)
         if diff:
             recovery = (f" After a stop for a non-finite loss, "
                         f"{', '.join(self.policy.recovery_keys)} may change too."
@@ -124,6 +134,17 @@ class RunFolder:
         self.changes = config_diff(saved.get("config") or {}, self.identity.config,
                                    ignore=self.policy.resumable_keys)
 
+    def _differences(self, saved: dict, allowed: tuple[str, ...] = ()
+                     ) -> tuple[list[str], list[str]]:
+        """(the inputs whose sha256 differs, the config keys that differ) between the identity
+        `saved` in the folder and this run's. The resumable keys may differ, and `allowed`; after
+        a stop for a non-finite loss, the recovery keys too."""
+        allowed = self.policy.resumable_keys + tuple(allowed)
+        if saved.get("stopped"):
+            allowed += self.policy.recovery_keys
+        return (changed_inputs(saved, self.identity.inputs),
+                config_diff(saved.get("config") or {}, self.identity.config, ignore=allowed))
+
     def status(self) -> tuple[str, str]:
         """('done' | 'todo' | 'stale', why) for a driver such as run_all.sh: 'done' is a
         finished run of this identity, 'stale' a run (finished or not) of other weights or
@@ -133,12 +154,9 @@ class RunFolder:
             if self.finished or self.policy.has_checkpoint(self.path):
                 return "stale", f"{self.path} does not record its inputs (an older kdcl-bench)"
             return "todo", ""
-        inputs = changed_inputs(saved, self.identity.inputs)
+        inputs, diff = self._differences(saved)
         if inputs:
             return "stale", "made from other weights: " + "; ".join(inputs)
-        allowed = self.policy.resumable_keys + (self.policy.recovery_keys
-                                                if saved.get("stopped") else ())
-        diff = config_diff(saved.get("config") or {}, self.identity.config, ignore=allowed)
         if diff:
             return "stale", "its config changed: " + "; ".join(line.strip() for line in diff)
         return ("done", "") if self.finished else ("todo", "")
@@ -150,13 +168,12 @@ class RunFolder:
             raise KdclError(f"--eval-only evaluates a trained run, but {self.path} has no "
                             f"checkpoint: train it first (the same command without --eval-only)")
         saved = read(self.path)
-        inputs = changed_inputs(saved, self.identity.inputs) if saved else ["(not recorded)"]
+        inputs, diff = (self._differences(saved, evaluation_keys) if saved
+                        else (["(not recorded: made by an older kdcl-bench)"], []))
         if inputs:
             raise KdclError(f"--eval-only: {self.path} was trained from other weights\n  "
                             + "\n  ".join(inputs) + "\nEvaluate it with the weights it was "
                             "trained from, or train a run from these.")
-        diff = config_diff(saved.get("config") or {}, self.identity.config,
-                           ignore=self.policy.resumable_keys + tuple(evaluation_keys))
         if diff:
             raise ConfigError(f"--eval-only: the config differs from the one {self.path} was "
                               f"trained with in more than the evaluation settings\n"
@@ -180,10 +197,6 @@ class RunFolder:
             **({"changes": history} if history else {})})
         for name, text in (files or {}).items():
             atomic_write_text(self.path / name, text)
-
-    def accepted_changes(self) -> list[dict]:
-        """The config changes accepted on resumes after non-finite stops (for the record)."""
-        return list((read(self.path) or {}).get("changes", []))
 
     def mark_stopped(self, reason: str) -> None:
         """Note a stop for a non-finite loss: the next --resume may change the recovery keys."""

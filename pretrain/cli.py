@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from kdcl_common import KdclError, user_message
+from kdcl_common import runs
 from kdcl_common.config import describe, to_yaml
 
 from . import config
@@ -37,14 +38,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("config", help="a YAML config, e.g. pretrain/configs/smoke/kdcl_minlogit.yaml")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. optim.lr=0.2 students.0.arch=resnet34")
-    again = parser.add_mutually_exclusive_group()
-    again.add_argument("--resume", action="store_true",
-                       help="continue the run from its last checkpoint (a no-op for a finished "
-                            "run; starts from scratch when there is no checkpoint); refused when "
-                            "the run's config or teacher differs")
-    again.add_argument("--restart", action="store_true",
-                       help="archive the run folder (renamed to <folder>.superseded-<time>) and "
-                            "start the run again")
+    runs.add_arguments(parser, weights="KD teacher weights")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config and exit")
     return parser

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from kdcl_common import artifact, models, provenance, records
+from kdcl_common.identity import accepted_changes
 from kdcl_common.config import config_hash, to_dict
 from kdcl_common.io import DiskFullError, atomic_write_json
 from kdcl_common.runs import RunFolder
@@ -30,7 +31,7 @@ def _export(cfg, config_file, names, modules, data, final, history, wall_seconds
             folder: RunFolder) -> list[dict]:
     run_dir = cfg.run_dir
     teacher = folder.identity.inputs.get("teacher", {})
-    changes = folder.accepted_changes()
+    changes = accepted_changes(run_dir)
     env = provenance.environment(world_size)
     chash = config_hash(cfg)
     images = sum(h.get("train_images", 0) for h in history)

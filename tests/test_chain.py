@@ -17,12 +17,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("preset", plan.PRESETS)
-def test_every_planned_config_and_backbone_exists(preset, monkeypatch):
+def test_every_planned_config_and_backbone_exists(preset, monkeypatch, tmp_path):
     from pretrain import config as pretrain_config
     from pretrain.engine import student_names
 
     for var in plan.DATA_VARIABLES:
-        monkeypatch.setenv(var, "/datasets/placeholder")
+        monkeypatch.setenv(var, str(tmp_path / "placeholder"))
     steps = plan.build(preset, [0], list(plan.BACKENDS), ROOT)
     students = {}
     for step in steps:
@@ -96,16 +96,18 @@ def test_dry_run_prints_the_plan(capsys, monkeypatch):
     assert "python -m results" in out and ("[todo]" in out or "[done]" in out)
 
 
-def test_missing_dataset_variables_stop_the_chain_with_what_to_set(monkeypatch, capsys):
+def test_missing_dataset_variables_stop_the_chain_with_what_to_set(monkeypatch, capsys,
+                                                                  tmp_path):
     monkeypatch.chdir(ROOT)
     for var in plan.DATA_VARIABLES:
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("COCO_ROOT", "/no/such/folder")
+    monkeypatch.setenv("COCO_ROOT", str(tmp_path / "no-such-folder"))
     code = chain_main.main(["--preset", "paper", "--backends", "torchvision", "--only",
                             "r50_r18/kdcl_linear"])
     err = capsys.readouterr().err
     assert code == 2
-    assert "$IMAGENET_ROOT is not set" in err and "$COCO_ROOT=/no/such/folder is not a folder" in err
+    assert "$IMAGENET_ROOT is not set" in err
+    assert f"$COCO_ROOT={tmp_path / 'no-such-folder'} is not a folder" in err
     assert "--only" in err
 
 

@@ -61,8 +61,8 @@ def test_missing_environment_variable_says_what_to_export(tmp_path, monkeypatch)
     cfg.write_text(f"_base_: {SMOKE / '_base.yaml'}\ndata: {{root: '${{oc.env:KDCL_TEST_ROOT}}'}}\n")
     with pytest.raises(ConfigError, match="export KDCL_TEST_ROOT=.*data.root="):
         config.load(cfg)
-    monkeypatch.setenv("KDCL_TEST_ROOT", "/data/x")
-    assert config.load(cfg).data.root == "/data/x"
+    monkeypatch.setenv("KDCL_TEST_ROOT", str(tmp_path / "x"))
+    assert config.load(cfg).data.root == str(tmp_path / "x")
 
 
 def test_circular_base_is_reported(tmp_path):
@@ -86,9 +86,9 @@ def test_config_diff_lists_changed_leaves():
                                  "  students.0.arch: 'resnet18' -> 'resnet34'"]
 
 
-def test_every_shipped_config_loads(monkeypatch):
+def test_every_shipped_config_loads(monkeypatch, tmp_path):
     for var in ("IMAGENET_ROOT", "CIFAR100_ROOT"):
-        monkeypatch.setenv(var, "/datasets/placeholder")
+        monkeypatch.setenv(var, str(tmp_path / "placeholder"))
     configs = sorted(p for p in config.CONFIG_ROOT.rglob("*.yaml") if not p.name.startswith("_"))
     assert len(configs) >= 9
     for path in configs:

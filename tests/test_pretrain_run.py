@@ -37,8 +37,8 @@ def test_exports_load_strictly_into_torchvision_constructors(finished):
     r18 = torchvision.models.resnet18(num_classes=4)
     r18.load_state_dict(torch.load(run_dir / "export" / "resnet18.pth", weights_only=True))
     mbv2 = torchvision.models.mobilenet_v2(num_classes=4, width_mult=0.5)
-    mbv2.load_state_dict(torch.load(run_dir / "export" / "mobilenet_v2_x0.5.pth",
-                                    weights_only=True))
+    mbv2_weights = run_dir / "export" / "mobilenet_v2_x0.5.pth"
+    mbv2.load_state_dict(torch.load(mbv2_weights, weights_only=True))
     meta = json.loads((run_dir / "export" / "mobilenet_v2_x0.5.json").read_text())
     assert meta["constructor"] == "torchvision.models.mobilenet_v2"
     assert meta["constructor_kwargs"] == {"num_classes": 4, "width_mult": 0.5}
@@ -166,8 +166,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_root, 
     err = capsys.readouterr().err
     assert "student mobilenet_v2_x0.5 became NaN/inf at epoch 2, step 1 of 5" in err
     assert "last good checkpoint" in err
-    state = torch.load(tmp_path / "runs/smoke/kdcl_minlogit/seed0/checkpoint.pth",
-                       weights_only=True)
+    checkpoint = tmp_path / "runs/smoke/kdcl_minlogit/seed0/checkpoint.pth"
+    state = torch.load(checkpoint, weights_only=True)
     assert state["epoch"] == 1
     assert all(torch.isfinite(v).all() for sd in state["students"] for v in sd.values()
                if v.is_floating_point())
@@ -222,8 +222,8 @@ def test_kill_and_resume_reaches_the_same_weights(tmp_path, tiny_root):
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stderr
     for name in ("resnet18", "mobilenet_v2_x0.5"):
-        a = torch.load(straight / f"runs/smoke/kdcl_linear/seed0/export/{name}.pth",
-                       weights_only=True)
+        reference = straight / f"runs/smoke/kdcl_linear/seed0/export/{name}.pth"
+        a = torch.load(reference, weights_only=True)
         b = torch.load(run_dir / f"export/{name}.pth", weights_only=True)
         for key in a:
             assert torch.equal(a[key], b[key]), (name, key)

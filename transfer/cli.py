@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from kdcl_common import ConfigError, KdclError, user_message
+from kdcl_common import runs
 from kdcl_common.config import describe
 
 from .backends import BACKENDS
@@ -83,13 +84,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     parser.add_argument("--backbone", required=True,
                         help="an exported backbone .pth with its .json beside it")
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--resume", action="store_true",
-                      help="continue the run from its last checkpoint (a no-op when it has "
-                           "finished); refused for a run of other weights or another config")
-    mode.add_argument("--restart", action="store_true",
-                      help="archive the run folder (renamed to <folder>.superseded-<time>) and "
-                           "run again")
+    mode = runs.add_arguments(parser, weights="backbone weights")
     mode.add_argument("--eval-only", action="store_true",
                       help="evaluate the run's trained weights instead of training")
     parser.add_argument("--print-config", action="store_true",

@@ -60,7 +60,7 @@ class TransferRun:
         """Append the result record and write result.json (main process only)."""
         self._check_evaluated(evaluated_images)
         spec, meta = self.spec, self.meta
-        changes = (identity.read(self.run_dir) or {}).get("changes")
+        changes = identity.accepted_changes(self.run_dir)
         record = records.append(
             spec.records, stage="transfer", task=spec.task, dataset=spec.dataset,
             backend=self.backend, backbone=models.label(meta["architecture"],
@@ -150,23 +150,22 @@ def run(backend: Backend, args) -> int:
         text = resolved.spec.config_text
         print(text, end="" if text.endswith("\n") else "\n")
         return 0
-    source, _ = artifact.load(resolved.backbone)  # a strict load into its architecture
     ctx = kdist.init(resolved.spec.device)
     try:
-        return _run(backend, args, resolved, source.state_dict(), ctx)
+        return _run(backend, args, resolved, ctx)
     finally:
         kdist.shutdown()
 
 
-def _run(backend: Backend, args, resolved: Resolved, state: dict, ctx: DistContext) -> int:
+def _run(backend: Backend, args, resolved: Resolved, ctx: DistContext) -> int:
     logger = get_logger("transfer", ctx.rank)
     spec, backbone, meta, folder = (resolved.spec, resolved.backbone, resolved.meta,
                                     resolved.folder)
     run_dir = folder.path
-    transfer = TransferRun(backend.name, spec, str(args.config), backbone, meta, run_dir, ctx,
-                           backbone_state=state)
+    transfer = TransferRun(backend.name, spec, str(args.config), backbone, meta, run_dir, ctx)
     if args.eval_only:
         folder.check_evaluable(spec.evaluation_keys)
+        transfer.backbone_state = artifact.build(backbone, meta).state_dict()
         if backend.prepare(transfer) <= 0:
             raise _empty_evaluation(spec, args.config)
         backend.evaluate(transfer)
@@ -176,6 +175,8 @@ def _run(backend: Backend, args, resolved: Resolved, state: dict, ctx: DistConte
         logger.info(f"{run_dir} is already finished: {run_dir / FINISHED_MARKER}")
         return 0
     transfer.action = action
+    # a strict load into its architecture (the file was hashed by resolve)
+    transfer.backbone_state = artifact.build(backbone, meta).state_dict()
     if backend.prepare(transfer) <= 0:
         raise _empty_evaluation(spec, args.config)
     kdist.barrier()  # every process has read the folder before the main one changes it

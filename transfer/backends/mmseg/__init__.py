@@ -100,8 +100,8 @@ class Backend(Base):
         cfg, world, cuda = self.cfg, run.ctx.world_size, torch.cuda.is_available()
         launcher.fall_back_from_syncbn(cfg, world, cuda)
         cfg.work_dir = str(run.run_dir)
-        weights = run.run_dir / "backbone.pth"
-        if run.ctx.is_main:
+        weights = run.run_dir / "backbone.pth"  # the run's converted weights, once per run
+        if run.ctx.is_main and not weights.is_file():
             atomic_torch_save(self.converted.state, weights)
         kdist.barrier()
         cfg.model.backbone.init_cfg = dict(type="Pretrained", checkpoint=str(weights))

@@ -40,7 +40,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backends", nargs="+", choices=plan.BACKENDS,
                         help="transfer backends (default: every one installed)")
     parser.add_argument("--only", action="append", default=[], metavar="WHAT",
-                        help="run only the steps of a stage (pretrain, transfer, results), a "
+                        help="run only the steps of a stage (pretrain, transfer, robustness, results), a "
                              "backend (torchvision, detectron2, mmseg) or whose label contains "
                              "WHAT (e.g. kdcl_linear, smoke_mask_rcnn_fpn); repeatable")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
@@ -53,12 +53,12 @@ def launcher(step: plan.Step, state: str = "todo") -> list[str]:
     nproc = os.environ.get("NPROC_PER_NODE", "1")
     extra = shlex.split(os.environ.get("TORCHRUN_ARGS", ""))
     args = [*step.args]
-    if step.stage != "results":
+    if step.stage in ("pretrain", "transfer"):  # the others skip what is done themselves
         args.append("--restart" if state == "stale" else "--resume")
     if step.backend == "detectron2":  # its own launcher spawns the processes
         return [sys.executable, "-m", *args, "--num-gpus", nproc,
                 *shlex.split(os.environ.get("D2_LAUNCH_ARGS", ""))]
-    if step.stage != "results" and (nproc != "1" or extra):
+    if step.stage in ("pretrain", "transfer") and (nproc != "1" or extra):
         return ["torchrun", *extra, "--nproc_per_node", nproc, "-m", *args]
     return [sys.executable, "-m", *args]
 

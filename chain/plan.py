@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdcl_common import identity
+from pretrain import registry
 from transfer import naming
 from transfer.backends import BACKENDS as REGISTERED
 
@@ -25,7 +26,7 @@ PRETRAIN_ROOT = Path("runs/pretrain")
 TRANSFER_ROOT = Path("runs/transfer")
 TRANSFER_SEED = 0  # every transfer config's seed: the chain varies pre-training seeds only
 PRESETS = ("smoke", "cifar", "paper")
-STAGES = ("pretrain", "transfer", "results")
+STAGES = ("pretrain", "transfer", "robustness", "results")
 BACKENDS = tuple(sorted(REGISTERED, key=["torchvision", "detectron2", "mmseg"].index))
 
 # The dataset each kind of step reads, and what the variable should point to.
@@ -39,7 +40,7 @@ DATA_VARIABLES = {
 
 @dataclass(frozen=True)
 class Step:
-    stage: str                     # pretrain | transfer | results
+    stage: str                     # pretrain | transfer | robustness | results
     label: str                     # shown in progress lines and matched by --only
     args: tuple[str, ...]          # `python -m <args>` (the chain adds --resume or --restart)
     needs: tuple[str, ...] = ()    # environment variables naming its datasets
@@ -73,7 +74,7 @@ class Step:
     def state(self, exact: bool = True) -> tuple[str, str]:
         """('done' | 'todo' | 'stale', why), from the files as they are now. `exact` asks the
         stage itself (configs and weights compared; needs the environment), else files only."""
-        if self.stage == "results":
+        if self.stage in ("robustness", "results"):  # they skip what is done themselves
             return "todo", ""
         if self.stage == "transfer" and not identity.metadata_path(self.backbone).is_file():
             return "todo", f"waits for its backbone {self.backbone}"
@@ -107,9 +108,9 @@ def file_state(run_dir: Path, marker: str) -> tuple[str, str]:
 # --------------------------------------------------------------------------- the presets
 # Pre-training: config folders under pretrain/configs, and for each the configs to run (None: all).
 # Independent runs come first and vanilla KD last: KD's teacher is an independent run's export.
+# Smoke runs the methods pretrain/registry.py marks `smoke`.
 PRETRAIN = {
-    "smoke": {"smoke": ("independent", "kdcl_naive", "kdcl_linear", "kdcl_minlogit",
-                        "kdcl_general")},
+    "smoke": {"smoke": tuple(m.name for m in registry.METHODS if m.smoke)},
     "cifar": {"cifar": None},
     "paper": {"imagenet": None},
 }
@@ -120,8 +121,7 @@ TRANSFER_SOURCES = {
     "smoke": [(("smoke/independent", "smoke/kdcl_minlogit"), ("resnet18",))],
     "cifar": [],
     "paper": [
-        (tuple(f"imagenet/r50_r18/{m}" for m in ("independent", "kdcl_naive", "kdcl_linear",
-                                                 "kdcl_minlogit", "kdcl_general")),
+        (tuple(f"imagenet/r50_r18/{m}" for m in (registry.BASELINE, *registry.kdcl_variants())),
          ("resnet50", "resnet18")),
         (tuple(f"imagenet/r18_mbv2/{m}" for m in ("independent", "kdcl_linear",
                                                   "kdcl_minlogit")), ("mobilenet_v2",)),
@@ -150,6 +150,15 @@ ARCH_TAGS = {
     "mobilenet_v2": {"d2": "MBV2", "mm": "mbv2"},
     "mobilenet_v2_x0.5": {"d2": "MBV2", "mm": "mbv2"},
 }
+# Fig. 4: exports evaluated under pixel noise (pretrain.robustness), per preset: the configs
+# (KDCL-General and what the figure compares it with), the student, and the command's options.
+# Smoke: a coarse grid, enough to draw the figure's plumbing; cifar: the paper's grid.
+ROBUSTNESS = {
+    "smoke": (("smoke/independent", "smoke/kdcl_general"), "resnet18",
+              ("--draws", "2", "--deltas", "0", "0.05", "0.1", "0.15")),
+    "cifar": (("cifar/independent", "cifar/dml", "cifar/kdcl_general", "cifar/kdcl_general_icl"),
+              "cifar_resnet32", ()),
+}
 TRANSFER_NEEDS = {name: (entry.data_variable,) for name, entry in REGISTERED.items()}
 PRETRAIN_NEEDS = {"smoke": (), "cifar": ("CIFAR100_ROOT",), "paper": ("IMAGENET_ROOT",)}
 
@@ -164,8 +173,11 @@ def pretrain_configs(preset: str, root: Path) -> list[str]:
         if chosen is not None:
             found = {n: s for n, s in found.items() if s in chosen}
         names += found
-    rank = lambda name: (0 if name.endswith("/independent") else   # noqa: E731
-                         2 if Path(name).stem.startswith("kd_") or name.endswith("/kd") else 1)
+    def rank(name: str) -> int:  # configs are named after their method (registry.of_config)
+        method = registry.of_config(Path(name).stem)
+        return (0 if method and method.name == registry.BASELINE else
+                2 if method and method.needs_teacher else 1)
+
     return sorted(names, key=lambda n: (rank(n), n))
 
 
@@ -212,6 +224,13 @@ def build(preset: str, seeds: list[int], backends: list[str], root: Path = Path(
                                 ("transfer", config, "--backbone", str(backbone)),
                                 needs=() if preset == "smoke" else TRANSFER_NEEDS[backend],
                                 backend=backend, backbone=backbone))
+    if preset in ROBUSTNESS:
+        configs, student, options = ROBUSTNESS[preset]
+        for seed in seeds:  # one step per seed: the exports share one pass over the test split
+            steps.append(Step(
+                "robustness", f"robustness {student} seed{seed} ({', '.join(configs)})",
+                ("pretrain.robustness", *(str(export_of(c, seed, student)) for c in configs),
+                 *options), needs=PRETRAIN_NEEDS[preset]))
     steps.append(Step("results", "results tables and figures", ("results",)))
     return steps
 

@@ -249,15 +249,35 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
-def config_diff(old: dict, new: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+def schema_defaults(schema: type, prefix: str = "") -> dict[str, Any]:
+    """Every key of a config schema with a default, flattened: `{"data.cutout": False, ...}`."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(schema):
+        tp = _unwrap(typing.get_type_hints(schema)[f.name])
+        if dataclasses.is_dataclass(tp):
+            out.update(schema_defaults(tp, f"{prefix}{f.name}."))
+        elif f.default is not dataclasses.MISSING and f.default is not MISSING:
+            out[prefix + f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[prefix + f.name] = f.default_factory()
+    return out
+
+
+def config_diff(old: dict, new: dict, ignore: tuple[str, ...] = (),
+                defaults: dict[str, Any] | None = None) -> list[str]:
     """Lines `key: old -> new` for every leaf that differs. Keys in `ignore` are skipped; an
-    entry `a.b.*` skips everything below `a.b`."""
+    entry `a.b.*` skips everything below `a.b`. A key absent from `old` whose new value is its
+    entry in `defaults` does not differ: a key added to the schema since `old` was saved, at a
+    value that keeps the old behaviour."""
     a, b = flatten(old), flatten(new)
     prefixes = tuple(k[:-1] for k in ignore if k.endswith(".*"))
+    defaults = defaults or {}
     lines = []
     for key in sorted(set(a) | set(b)):
         if key in ignore or key.startswith(prefixes) or \
                 a.get(key, "<absent>") == b.get(key, "<absent>"):
+            continue
+        if key not in a and key in defaults and b[key] == defaults[key]:
             continue
         lines.append(f"  {key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
     return lines

@@ -65,3 +65,12 @@ def environment(world_size: int = 1) -> dict:
         "versions": library_versions(),
         **git_info(),
     }
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """The process's peak memory: allocated on the GPU, or the peak resident set on a CPU."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

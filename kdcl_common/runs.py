@@ -49,6 +49,9 @@ class Policy:
     config_file: str = "config.yaml"         # the run's config as the user reads it
     other_run: str = "seed=<n> or name=<new name>"  # how to make a separate run instead
     temporaries: tuple[str, ...] = ()        # glob patterns beyond kdcl_common.io's .*.tmp
+    # the schema's defaults (config.schema_defaults): a key added since a run was saved is
+    # the same run at its default value, so new options do not make every old run stale
+    defaults: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -132,7 +135,8 @@ class RunFolder:
                   f"{self.policy.other_run}, or use --restart. Only "
                   f"{', '.join(self.policy.resumable_keys) or 'nothing'} may change.{recovery}")
         self.changes = config_diff(saved.get("config") or {}, self.identity.config,
-                                   ignore=self.policy.resumable_keys)
+                                   ignore=self.policy.resumable_keys,
+                                   defaults=self.policy.defaults)
 
     def _differences(self, saved: dict, allowed: tuple[str, ...] = ()
                      ) -> tuple[list[str], list[str]]:
@@ -143,7 +147,8 @@ class RunFolder:
         if saved.get("stopped"):
             allowed += self.policy.recovery_keys
         return (changed_inputs(saved, self.identity.inputs),
-                config_diff(saved.get("config") or {}, self.identity.config, ignore=allowed))
+                config_diff(saved.get("config") or {}, self.identity.config, ignore=allowed,
+                            defaults=self.policy.defaults))
 
     def status(self) -> tuple[str, str]:
         """('done' | 'todo' | 'stale', why) for a driver such as run_all.sh: 'done' is a

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import resource
 import statistics
 import sys
 import time
@@ -38,7 +37,7 @@ import torch
 from kdcl_common import KdclError, provenance
 from kdcl_common.io import atomic_write_json, atomic_write_text
 
-KDCL_METHODS = ("kdcl_naive", "kdcl_linear", "kdcl_minlogit", "kdcl_general")
+from . import registry
 
 
 # ---------------------------------------------------------------------------- measurement
@@ -70,12 +69,6 @@ class Clock:
 def spread(values: list[float], scale: float = 1.0) -> dict:
     return {"median": statistics.median(values) * scale, "min": min(values) * scale,
             "max": max(values) * scale}
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the process's peak RSS
 
 
 def train_flops(trainer, batch) -> float:
@@ -111,9 +104,11 @@ def case_config(config: str, overrides: list[str], kind: str, arg: str, variant:
         cfg.method.name, cfg.method.icl = "independent", False
     elif kind in ("kdcl", "train"):
         cfg.method.name = arg
-    if cfg.method.name == "kd":
-        raise KdclError("the benchmark compares collaborative methods; use a config whose "
-                        "method is not vanilla KD")
+    entry = registry.get(cfg.method.name)
+    if entry.needs_teacher or entry.multi_branch:
+        raise KdclError(f"the benchmark compares students trained together with trained alone; "
+                        f"use a config whose method is not {cfg.method.name} (a frozen teacher "
+                        f"or a multi-branch network has no such comparison)")
     return cfg
 
 
@@ -195,7 +190,7 @@ def run_case(config: str, overrides: list[str], case: str, opts: dict) -> dict:
             out["windows_ms"]["soft_target"] = [1e3 * t for t in target_seconds]
         if device.type == "cuda":
             out["train_flops_per_step"] = train_flops(trainer, cached[0])
-    out["peak_memory_mb"] = peak_memory_mb(device)
+    out["peak_memory_mb"] = provenance.peak_memory_mb(device)
     if kind == "kdcl" and not variant and opts["paired"]:
         out["paired_ratio"] = paired_ratio(config, overrides, cfg, ctx, data, trainer, cached,
                                            clock, opts)
@@ -288,7 +283,7 @@ def paired_ratio(config, overrides, cfg, ctx, data, trainer, cached, clock, opts
 
 def trainer_state(trainer, device) -> tuple:
     """The step's metric accumulators (sums, seen, first non-finite step) for `trainer`."""
-    n = len(trainer.modules)
+    n = len(trainer.names)
     return (torch.zeros(3, n, device=device), torch.zeros((), device=device),
             torch.full((n,), -1, dtype=torch.long, device=device))
 
@@ -451,7 +446,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="a pre-training config (its students and data)")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
-    parser.add_argument("--methods", nargs="+", default=list(KDCL_METHODS),
+    parser.add_argument("--methods", nargs="+", default=list(registry.kdcl_variants()),
                         help="the KDCL variants to time (default: all four)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--windows", type=int, default=5, help="timed windows")

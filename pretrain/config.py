@@ -13,14 +13,16 @@ from kdcl_common import ConfigError, models
 from kdcl_common import schedule
 from kdcl_common.checkpoint import RunCheckpoints
 from kdcl_common.runs import Policy
-from kdcl_common.config import check_choice, load_named, option
+from kdcl_common.config import check_choice, load_named, option, schema_defaults
 from kdcl_common.schedule import OptimConfig
 
+from . import registry
+
 CONFIG_ROOT = Path(__file__).resolve().parent / "configs"
-METHODS = ("independent", "dml", "kd", "mean", "kdcl_naive", "kdcl_linear", "kdcl_minlogit",
-           "kdcl_general")
+METHODS = registry.NAMES  # what each method needs: pretrain/registry.py
 DATASETS = ("imagefolder", "cifar100", "synthetic")
 POLICIES = ("imagenet", "cifar")
+CIFAR_CUTOUT_SIZE = 8  # DeVries & Taylor's hole on CIFAR-100 (16 on CIFAR-10)
 
 
 @dataclass
@@ -28,6 +30,9 @@ class StudentConfig:
     arch: str = option(help=f"architecture: {', '.join(models.ARCHITECTURES)}")
     kwargs: Dict[str, Any] = option({}, help="constructor arguments, e.g. {width_mult: 0.5}")
     name: Optional[str] = option(None, help="name in logs and exports (default: from arch)")
+    channels_last: Optional[bool] = option(None, help="this student's memory format, where "
+                                           "networks differ in which is faster (null: "
+                                           "train.channels_last)")
 
 
 @dataclass
@@ -51,6 +56,12 @@ class DataConfig:
     eval_resize: int = option(256, help="shorter side before the centre crop (imagenet policy)")
     crop_scale: List[float] = option([0.08, 1.0], help="random-resized-crop area range")
     color_jitter: float = option(0.4, help="brightness/contrast/saturation jitter (0 = off)")
+    cutout: bool = option(False, help="Cutout (DeVries & Taylor 2017): one square hole per "
+                          "training view, zero after normalisation (the mean colour), centre "
+                          "uniform over the crop, clipped at its borders")
+    cutout_size: Optional[int] = option(None, help="side of the Cutout hole in pixels; null: 8 "
+                                        "with the cifar policy (DeVries & Taylor's CIFAR-100 "
+                                        "size), required with the imagenet policy")
     held_out_per_class: int = option(20, help="training images per class held out for "
                                      "KDCL-General's weights (excluded from training, all methods)")
     split_seed: int = option(0, help="seed of the held-out split")
@@ -66,10 +77,23 @@ class DataConfig:
 
 
 @dataclass
+class SplitConfig:
+    stage: str = option(help="the stage where the branches begin (resnet: layer1..layer4; "
+                        "cifar_resnet: layer1..layer3; wrn: block1..block3)")
+    fan_out: int = option(help="copies of that stage and everything after it, per node above")
+
+
+@dataclass
 class MethodConfig:
     name: str = option("kdcl_minlogit", help=f"one of {', '.join(METHODS)}")
     temperature: float = option(2.0, help="T of the soft targets (and the T^2 factor)")
     kd_weight: float = option(1.0, help="lambda, the weight of the distillation term")
+    ce_weight: float = option(1.0, help="the weight of the hard-label cross-entropy (clnn: "
+                              "beta, with kd_weight = 1 - beta)")
+    splits: List[SplitConfig] = option([], help="one, clnn: where the network branches, from "
+                                       "the input on, e.g. [{stage: layer4, fan_out: 3}]; [] = "
+                                       "the method's default (one: 3 branches of the last stage; "
+                                       "clnn: 2 of the second-last, each with 2 of the last)")
     icl: bool = option(True, help="invariant collaborative learning: each student gets its own "
                        "random view of every image (false: all students see the same view)")
     teacher: Optional[str] = option(None, help="kd only: an exported backbone .pth (with its "
@@ -82,7 +106,9 @@ class MethodConfig:
 class TrainConfig:
     device: str = option("auto", help="auto (GPU if present), cpu or cuda")
     amp: str = option("off", help="mixed precision on GPU: off, bf16 or fp16 (with a scaler)")
-    channels_last: bool = option(False, help="channels-last memory format (faster on GPUs)")
+    channels_last: bool = option(False, help="channels-last memory format of the inputs and "
+                                 "the students (faster on GPUs; students.N.channels_last "
+                                 "overrides it per student)")
     sync_bn: bool = option(False, help="SyncBatchNorm across ranks (GPU, several processes; "
                            "falls back to BatchNorm with a warning elsewhere)")
     deterministic: bool = option(False, help="deterministic algorithms (bit-reproducible on CPU)")
@@ -120,7 +146,9 @@ RUNS = Policy(
     resumable_keys=("data.workers", "data.decode", "train.log_interval", "train.compile",
                     "train.fused_optimizer"),
     # may change on the --resume after a stop for a non-finite loss
-    recovery_keys=("optim.lr", "optim.warmup_epochs", "optim.warmup_start_lr", "train.amp"))
+    recovery_keys=("optim.lr", "optim.warmup_epochs", "optim.warmup_start_lr", "train.amp"),
+    # keys added since a run was saved (method.splits, data.cutout, ...) at their defaults
+    defaults=schema_defaults(PretrainConfig))
 
 
 def load(path: str | Path, overrides: list[str] = ()) -> PretrainConfig:
@@ -133,7 +161,7 @@ def validate(cfg: PretrainConfig) -> None:
     """Checks that the schema's types cannot express: choices, ranges, method requirements and
     the students' constructor arguments (each student is built on the meta device, which
     allocates nothing)."""
-    check_choice("method.name", cfg.method.name, METHODS)
+    check_choice("method.name", cfg.method.name, registry.NAMES)
     check_choice("data.dataset", cfg.data.dataset, DATASETS)
     check_choice("data.policy", cfg.data.policy, POLICIES)
     check_choice("data.decode", cfg.data.decode, ("cpu", "device"))
@@ -146,16 +174,7 @@ def validate(cfg: PretrainConfig) -> None:
         if student.arch not in models.ARCHITECTURES:
             raise ConfigError(f"students.{i}.arch: unknown architecture {student.arch!r}; known "
                               f"architectures: {', '.join(models.ARCHITECTURES)}")
-    if cfg.method.name in ("dml", "kdcl_naive", "kdcl_linear", "kdcl_minlogit", "kdcl_general",
-                           "mean") and len(cfg.students) < 2:
-        raise ConfigError(f"method {cfg.method.name} trains students together: list at least 2")
-    if cfg.method.name == "kd" and not cfg.method.teacher:
-        raise ConfigError("method kd needs method.teacher=<exported backbone .pth>")
-    if cfg.method.name != "kd" and cfg.method.teacher:
-        raise ConfigError(f"method.teacher is only used by method kd, not {cfg.method.name}")
-    if cfg.method.name == "kdcl_general" and cfg.data.held_out_per_class <= 0:
-        raise ConfigError("kdcl_general estimates its weights on held-out images: "
-                          "set data.held_out_per_class > 0")
+    check_method(cfg)
     if cfg.method.temperature <= 0:
         raise ConfigError(f"method.temperature must be > 0, got {cfg.method.temperature}")
     for problem in schedule.check(cfg.optim):
@@ -183,6 +202,19 @@ def validate(cfg: PretrainConfig) -> None:
          0 <= data.max_corrupt_fraction < 1, "in [0, 1) (0: stop at the first undecodable image)")
     need("data.color_jitter", data.color_jitter,
          data.color_jitter >= 0 and math.isfinite(data.color_jitter), ">= 0 (0: off)")
+    if data.cutout:
+        if data.cutout_size is None and data.policy == "cifar":
+            # Resolved here, so that run.json, the export and --print-config show the side used.
+            data.cutout_size = CIFAR_CUTOUT_SIZE
+        if data.cutout_size is None:
+            raise ConfigError(f"data.cutout_size: the {data.policy} policy has no default hole "
+                              f"size (DeVries & Taylor give sizes for CIFAR only): set one, e.g. "
+                              f"data.cutout_size={max(1, data.image_size // 4)}")
+        need("data.cutout_size", data.cutout_size, 0 < data.cutout_size <= data.image_size,
+             f"in [1, data.image_size={data.image_size}] (pixels)")
+    elif data.cutout_size is not None:
+        raise ConfigError(f"data.cutout_size={data.cutout_size} has no effect without Cutout: "
+                          f"set data.cutout=true, or remove data.cutout_size")
     if data.dataset == "synthetic":
         for name in ("classes", "train_per_class", "val_per_class", "image_size"):
             value = getattr(data.synthetic, name)
@@ -190,6 +222,8 @@ def validate(cfg: PretrainConfig) -> None:
     need("method.kd_weight", cfg.method.kd_weight,
          cfg.method.kd_weight >= 0 and math.isfinite(cfg.method.kd_weight),
          ">= 0 (0: no distillation term)")
+    need("method.ce_weight", cfg.method.ce_weight,
+         cfg.method.ce_weight >= 0 and math.isfinite(cfg.method.ce_weight), ">= 0")
     need("train.log_interval", cfg.train.log_interval, cfg.train.log_interval > 0,
          "> 0 (training steps)")
 
@@ -205,3 +239,38 @@ def validate(cfg: PretrainConfig) -> None:
             models.check_arguments(student.arch, student.kwargs, num_classes)
         except ConfigError as e:
             raise ConfigError(f"{key}{e}") from None
+
+
+def check_method(cfg: PretrainConfig) -> None:
+    """What the method's registry entry says it needs, then the method's own check (which may
+    resolve its defaults, e.g. ONE's and CLNN's splits)."""
+    name, method = cfg.method.name, cfg.method
+    entry = registry.get(name)
+    if len(cfg.students) < entry.min_students:
+        raise ConfigError(f"method {name} trains students together: list at least "
+                          f"{entry.min_students}")
+    if entry.max_students is not None and len(cfg.students) > entry.max_students:
+        why = ("builds its branches from one backbone" if entry.multi_branch else
+               f"trains at most {entry.max_students} student(s)")
+        raise ConfigError(f"method {name} {why}: list {entry.max_students} under students "
+                          f"(e.g. students=[{{arch: resnet18}}]), not {len(cfg.students)}")
+    if entry.needs_teacher and not method.teacher:
+        raise ConfigError(f"method {name} needs method.teacher=<exported backbone .pth>")
+    if not entry.needs_teacher and method.teacher:
+        users = [m.name for m in registry.METHODS if m.needs_teacher]
+        raise ConfigError(f"method.teacher is only used by method {', '.join(users)}, not {name}")
+    if entry.needs_held_out and cfg.data.held_out_per_class <= 0:
+        raise ConfigError(f"{name} estimates its weights on held-out images: "
+                          f"set data.held_out_per_class > 0")
+    if method.icl and not entry.icl:
+        why = ("trains one multi-branch network on one view of every image (its branches are "
+               "its students, and they share their lower layers, so they cannot see different "
+               "views)" if entry.multi_branch else "does not use one view per student")
+        raise ConfigError(f"method.icl=true: {name} {why}; set method.icl=false")
+    if method.splits and not entry.multi_branch:
+        raise ConfigError(f"method.splits is only used by the multi-branch methods "
+                          f"({', '.join(m.name for m in registry.METHODS if m.multi_branch)}), "
+                          f"not {name}: remove it")
+    from .methods import method_class  # torch; the registry's facts above are checked first
+
+    method_class(name).check_config(cfg)

@@ -6,6 +6,11 @@ distillation targets from all students' detached logits, and one backward pass o
 L = sum_i [CE_i + lambda T^2 KD_i] updates every student. Each student is wrapped in DDP on its
 own, so students of different architectures reduce their own gradients. Training metrics stay
 on the device and are read once per log interval: the step has no host-device synchronisation.
+
+The engine knows methods only through the hooks of pretrain/methods.py's `Method`: which
+networks to train and what their outputs are called (students, or the branches of one
+multi-branch network), the forward pass, the targets, the loss terms that keep their graph,
+the ensemble, per-epoch state and what to export.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from kdcl_common import NonFiniteLossError, artifact, models, provenance
+from kdcl_common import NonFiniteLossError, artifact, provenance
 from kdcl_common import distributed as kdist
 from kdcl_common.config import config_hash, to_dict, to_yaml
 from kdcl_common.io import atomic_write_text
@@ -45,18 +50,9 @@ RECOVERY = ("Lower optim.lr, lengthen optim.warmup_epochs or use train.amp=bf16 
 
 
 def student_names(cfg: PretrainConfig) -> list[str]:
-    """Names from the config, else from the architecture; repeated names get _0, _1, ..."""
-    names = [s.name or models.label(s.arch, s.kwargs) for s in cfg.students]
-    repeated = {n for n in names if names.count(n) > 1}
-    counters: dict[str, int] = {}
-    out = []
-    for n in names:
-        if n in repeated:
-            out.append(f"{n}_{counters.get(n, 0)}")
-            counters[n] = counters.get(n, 0) + 1
-        else:
-            out.append(n)
-    return out
+    """The names of the outputs the method trains: the students' names (from the config, else
+    the architecture; repeated names get _0, _1, ...), or a multi-branch network's branches."""
+    return methods.method_class(cfg.method.name).output_names(cfg)
 
 
 @dataclass
@@ -64,7 +60,7 @@ class Trainer:
     cfg: PretrainConfig
     ctx: kdist.DistContext
     names: list[str]
-    modules: list[nn.Module]  # the students themselves (exported, evaluated)
+    modules: list[nn.Module]  # the networks themselves (evaluated, exported through the method)
     wrapped: list[nn.Module]  # the same, DDP-wrapped when distributed (trained)
     method: methods.Method
     optimizer: torch.optim.Optimizer
@@ -85,7 +81,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------- training
     def train_one_epoch(self, epoch: int) -> dict:
-        cfg, device, S = self.cfg, self.ctx.device, len(self.modules)
+        cfg, device, S = self.cfg, self.ctx.device, len(self.names)
         loader = self.data.train
         loader.batch_sampler.set_epoch(epoch)
         steps = len(loader)
@@ -133,7 +129,8 @@ class Trainer:
         images = int(seen.item())
         out = {"lr": self.optimizer.param_groups[0]["lr"], "train_images": images,
                "train_seconds": round(seconds, 3), "data_wait_seconds": round(data_wait, 3),
-               "images_per_second": round(images / seconds, 1)}
+               "images_per_second": round(images / seconds, 1),
+               "peak_memory_mb": provenance.peak_memory_mb(device)}
         for k, name in enumerate(self.names):
             out.update({f"train/{name}/ce": totals[0][k], f"train/{name}/kd": totals[1][k],
                         f"train/{name}/top1": 100 * totals[2][k]})
@@ -142,11 +139,13 @@ class Trainer:
     def _step(self, batch: data_loader.Batch, sums, seen, first_bad, step) -> None:
         inputs, labels = self.inputs(batch)
         with self.autocast():
-            logits = torch.stack([net(inputs[k % len(inputs)])
-                                  for k, net in enumerate(self.wrapped)]).float()
+            outputs = self.method.forward(self.wrapped, inputs)
+            logits = outputs.logits.float()
         targets = self.method.targets(logits.detach(), labels, inputs)
-        terms = collaborative_loss(logits, labels, targets, self.cfg.method.temperature,
-                                   self.cfg.method.kd_weight)
+        m = self.cfg.method
+        terms = collaborative_loss(logits, labels, targets, m.temperature, m.kd_weight,
+                                   m.ce_weight)
+        terms = self.method.graph_loss(terms, outputs, labels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms.total).backward()
         self.scaler.step(self.optimizer)
@@ -175,9 +174,10 @@ class Trainer:
     # ----------------------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, loader, prefix: str, covariance: bool = False) -> dict:
-        """Top-1/top-5 of every student and of their ensemble (mean probability), summed over
-        ranks. With `covariance`, also KDCL-General's held-out error covariance and weights."""
-        device, S = self.ctx.device, len(self.modules)
+        """Top-1/top-5 of every student (or branch) and of their ensemble (the method's; by
+        default the mean probability), summed over ranks. With `covariance`, also
+        KDCL-General's held-out error covariance and weights."""
+        device, S = self.ctx.device, len(self.names)
         for m in self.modules:
             m.eval()
         hits = torch.zeros(S + 1, 2, device=device, dtype=torch.float64)
@@ -190,9 +190,11 @@ class Trainer:
                 continue
             (x,), labels = self.inputs(batch, augment=False)
             with self.autocast():
-                logits = torch.stack([m(x) for m in self.modules]).float()
+                outputs = self.method.forward(self.modules, [x])
+                logits = outputs.logits.float()
             probs = logits.softmax(-1)
-            scores = torch.cat([probs, probs.mean(0, keepdim=True)])  # [S + 1, B, C]
+            ensemble = self.method.ensemble_probs(outputs, probs)
+            scores = torch.cat([probs, ensemble[None]])  # [S + 1, B, C]
             top = scores.topk(min(5, scores.shape[-1]), dim=-1).indices
             match = top == labels[None, :, None]
             hits += torch.stack([match[..., 0].sum(1), match.any(-1).sum(1)], 1).double()
@@ -232,7 +234,7 @@ def _configure_determinism(cfg: PretrainConfig, device: torch.device) -> None:
 
 def _build_students(cfg: PretrainConfig, num_classes: int, ctx, logger) -> tuple[list, list]:
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every attempt
-    modules = [models.build(s.arch, num_classes=num_classes, **s.kwargs) for s in cfg.students]
+    modules = methods.method_class(cfg.method.name).networks(cfg, num_classes)
     if cfg.train.sync_bn:
         if ctx.device.type == "cuda" and ctx.distributed:
             modules = [nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in modules]
@@ -240,8 +242,11 @@ def _build_students(cfg: PretrainConfig, num_classes: int, ctx, logger) -> tuple
             where = "on the CPU" if ctx.device.type != "cuda" else "in a single process"
             logger.warning(f"train.sync_bn=true has no effect {where} (torch's SyncBatchNorm "
                            f"needs several GPU processes): using BatchNorm")
-    memory_format = torch.channels_last if cfg.train.channels_last else torch.preserve_format
-    modules = [m.to(ctx.device, memory_format=memory_format) for m in modules]
+    # One network per student (a multi-branch method builds one from its one student).
+    formats = [torch.channels_last if (cfg.train.channels_last if s.channels_last is None
+                                       else s.channels_last) else torch.preserve_format
+               for s in cfg.students]
+    modules = [m.to(ctx.device, memory_format=f) for m, f in zip(modules, formats)]
     if not ctx.distributed:
         return modules, modules
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
@@ -311,10 +316,10 @@ def build_trainer(cfg: PretrainConfig, ctx, data: data_loader.Data, names: list[
     optimizer = make_optimizer(cfg, [p for m in modules for p in m.parameters()])
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp_dtype == torch.float16)
     autocast = make_autocast(ctx.device, amp_dtype)
-    method = methods.build(cfg.method, len(modules), ctx.device, data.num_classes, data.mean,
+    method = methods.build(cfg.method, len(names), ctx.device, data.num_classes, data.mean,
                            data.std, autocast)
-    if isinstance(method, methods.KD) and cfg.train.channels_last:
-        method.teacher.to(memory_format=torch.channels_last)
+    if cfg.train.channels_last:
+        method.to_memory_format(torch.channels_last)
     corrupt = data_loader.CorruptImageTracker(data.train_size + len(data.held_out_indices),
                                               cfg.data.max_corrupt_fraction, logger)
     return Trainer(cfg, ctx, names, modules, wrapped, method, optimizer, scaler, data, logger,
@@ -418,8 +423,8 @@ def _run(cfg: PretrainConfig, config_file: str, resume: bool, restart: bool, ctx
         trainer.writer.close()
 
     if ctx.is_main:
-        metas = export_students(cfg, config_file, names, modules, data, history[-1], history,
-                                wall, ctx.world_size, folder)
+        metas = export_students(cfg, config_file, method.exports(names, modules, cfg.students),
+                                modules, data, history, wall, ctx.world_size, folder)
         for meta in metas:
             logger.info(f"exported {meta['name']} ({meta['architecture']}, top-1 "
                         f"{meta['metrics']['top1']:.2f}) to {run_dir / 'export' / meta['name']}.pth")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from kdcl_common.io import atomic_write_text, make_public_dir
 
-from . import collect, curves, plots, render, report, tabulate
+from . import collect, curves, layouts, plots, render, report, robustness, tabulate
 
 RESULTS = Path("results")  # relative to the working directory, like the stages' records
 
@@ -74,8 +74,11 @@ def build(sources: list[Path], out: Path = RESULTS, draw: bool = True, log=print
             plots.draw(built, data, progress, tmp)
     # Without `draw` the previous figures stay and are still listed.
     files["figures"] = sorted((out / "figures").iterdir()) if (out / "figures").is_dir() else []
+    notes = layouts.notes(data) + robustness.notes(data)
+    for note in notes:
+        log(f"note: {note}")
     atomic_write_text(out / "README.md", report.readme(data, built, files, sources,
-                                                               warned + pooled, out))
+                                                       warned + pooled, out, notes))
     log(f"{len(built)} tables (md, csv, tex) in {out / 'tables'}")
     log(f"{len(files['figures'])} figures in {out / 'figures'}"
         + ("" if draw else " (not rebuilt: --no-figures)"))

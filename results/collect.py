@@ -5,8 +5,8 @@ Records come from `results/records/*.jsonl` (one JSON object per line, appended 
 A line that is not JSON, lacks a required field or has one of the wrong type is skipped with a
 warning naming its file and line. A run exported twice (a re-run after a crash between export
 and record) keeps its newest record. A stale record, made from weights that a later pre-training
-run has replaced (a transfer record from an old export, a KD record from an old teacher), is
-dropped with a warning that says how to refresh it.
+run has replaced (a transfer record from an old export, a KD record from an old teacher, a
+robustness record from an old export), is dropped with a warning that says how to refresh it.
 """
 from __future__ import annotations
 
@@ -23,7 +23,10 @@ OPTIONAL = ("student", "icl", "group", "teacher", "epochs", "protocol", "detecto
             "pretrain_config", "pretrain_seed", "config_file", "config_hash", "git_commit",
             "git_dirty", "world_size", "devices", "wall_seconds", "images_per_second",
             "backbone_sha256", "iterations", "versions", "artifact", "backbone_path",
-            "teacher_sha256")
+            "teacher_sha256",
+            "system_parameters",  # pre-training: parameters of all the models trained together
+            "exported",  # pre-training: false for a branch recorded but not exported (ONE, CLNN)
+            "delta")  # robustness: the std of the Gaussian pixel noise (0-1 scale)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # What each required field must be: the check, and the words for it in a warning.
 _TEXT = (lambda v: isinstance(v, str) and v != "", "a non-empty string")
@@ -87,9 +90,10 @@ def _shown(value) -> str:
 
 
 def identity(record: dict) -> tuple:
-    """What makes two records the same run's result."""
+    """What makes two records the same run's result (a robustness evaluation writes one record
+    per noise level)."""
     return (record["stage"], record["run_dir"], record.get("student") or record["backbone"],
-            record["task"], record["backend"])
+            record["task"], record["backend"], record.get("delta"))
 
 
 def setting_of(config: str | None) -> str:
@@ -109,29 +113,44 @@ def _short_sha(sha) -> str:
     return str(sha)[:12]
 
 
-def exports(records: list[dict]) -> dict[Path, dict]:
-    """Per export path, the newest pre-training record that names it as its `artifact`."""
-    newest: dict[Path, dict] = {}
+def _student_key(record: dict) -> tuple:
+    """A student's export named by its run instead of its path: (config, seed, student)."""
+    return ("student", record["config"], record["seed"], record.get("student") or
+            record["backbone"])
+
+
+def exports(records: list[dict]) -> dict:
+    """Per export path (and per (config, seed, student), for records that name no path), the
+    newest pre-training record that names it as its `artifact`."""
+    newest: dict = {}
     for record in records:
         key = _export_key(record.get("artifact")) if record["stage"] == "pretrain" else None
-        if key is not None and (key not in newest
-                                or str(record["created"]) >= str(newest[key]["created"])):
-            newest[key] = record
+        if key is None:
+            continue
+        for k in (key, _student_key(record)):
+            if k not in newest or str(record["created"]) >= str(newest[k]["created"]):
+                newest[k] = record
     return newest
 
 
 def stale(record: dict, exported: dict[Path, dict]) -> str | None:
     """Why `record` is stale (its weights came from an export that pre-training has since
-    replaced), or None: a transfer record's backbone, a KD record's teacher. A record whose
-    export no pre-training record names (weights from elsewhere), or without the sha256 it was
-    made from (older records), is not stale."""
+    replaced), or None: a transfer record's backbone, a KD record's teacher, a robustness
+    record's backbone (found by its path when it names one, else by its config, seed and
+    student). A record whose export no pre-training record names (weights from elsewhere), or
+    without the sha256 it was made from (older records), is not stale."""
     if record["stage"] == "transfer":
         path, sha, what = record.get("backbone_path"), record.get("backbone_sha256"), "backbone"
     elif record["stage"] == "pretrain" and record.get("teacher"):
         path, sha, what = record.get("teacher"), record.get("teacher_sha256"), "teacher"
+    elif record["stage"] == "robustness":
+        path, sha, what = (record.get("backbone_path") or record.get("artifact"),
+                           record.get("backbone_sha256"), "evaluated backbone")
     else:
         return None
     key = _export_key(path)
+    if key is None and record["stage"] == "robustness":
+        key = _student_key(record)
     export = exported.get(key) if key is not None and isinstance(sha, str) and sha else None
     now = export.get("backbone_sha256") if export else None
     if not isinstance(now, str) or not now or now == sha:
@@ -139,7 +158,11 @@ def stale(record: dict, exported: dict[Path, dict]) -> str | None:
     where = record.get("_source") or record["run_dir"]
     newer = export.get("_source") or export["run_dir"]
     config = record.get("config_file") or "CONFIG"
-    if what == "backbone":
+    path = path or export.get("artifact")
+    if record["stage"] == "robustness":
+        redo = (f"`bash run_all.sh` (it reruns stale steps) or `python -m pretrain.robustness` "
+                f"on {path}")
+    elif what == "backbone":
         redo = (f"`bash run_all.sh` (it reruns stale transfer steps) or "
                 f"`python -m transfer {config} --backbone {path} --restart`")
     else:
@@ -181,8 +204,10 @@ def frame(records: list[dict]) -> pd.DataFrame:
     data = pd.DataFrame(rows, columns=columns)
     # object dtype keeps None (not stated) apart from False, and Python bools for `is` tests.
     data["icl"] = data["icl"].map(lambda v: None if v is None or v != v else bool(v)).astype(object)
-    versions = data.drop_duplicates("run_dir").groupby("config")["config_hash"].nunique()
-    for config, count in versions[versions > 1].items():
+    # Per stage: a robustness record carries the config and hash of the run it evaluated.
+    versions = data.drop_duplicates(["stage", "run_dir"]).groupby(["stage", "config"])[
+        "config_hash"].nunique()
+    for (_, config), count in versions[versions > 1].items():
         warnings.warn(f"{config}: runs made from {count} different versions of the config "
                       "(config_hash) are pooled as seeds of one result", RecordWarning,
                       stacklevel=2)

@@ -8,13 +8,17 @@ import warnings
 import pandas as pd
 
 from .collect import RecordWarning, run_path
-from .tabulate import method_label
+from .tabulate import row_labels
 
 
 def read(data: pd.DataFrame) -> pd.DataFrame:
     """Columns: preset, setting, method (row label), icl, seed, run_dir, student, epoch, top1.
     `student` "ensemble" is the mean of the students' probabilities."""
-    runs = data[data["stage"] == "pretrain"].drop_duplicates("run_dir")
+    pretrain = data[data["stage"] == "pretrain"]
+    runs = pretrain.drop_duplicates("run_dir")
+    # The tables' row labels: a swept config (cifar/lambda) is a line of its own.
+    labels = {r: lab for (_, part) in pretrain.groupby("setting")
+              for r, lab in zip(part["run_dir"], row_labels(part))}
     rows = []
     for run in runs.itertuples(index=False):
         path = run_path(run.run_dir) / "metrics.jsonl"
@@ -30,7 +34,7 @@ def read(data: pd.DataFrame) -> pd.DataFrame:
                 continue  # a line cut by a kill; the epoch lines around it still count
             if isinstance(entry, dict) and entry.get("kind") == "epoch":
                 epochs[entry["epoch"]] = entry  # after a resume, the last copy of an epoch wins
-        label = method_label(run.method, run.teacher)
+        label = labels[run.run_dir]
         for epoch, entry in sorted(epochs.items()):
             for key, value in entry.items():
                 parts = key.split("/")

@@ -1,5 +1,6 @@
-"""PNG figures: Δ bar charts with 95 % CI error bars (one per table with a Δ column) and
-validation top-1 curves over epochs (one per pre-training setting, one panel per student)."""
+"""PNG figures: Δ bar charts with 95 % CI error bars (one per table with a Δ column),
+validation top-1 curves over epochs (one per pre-training setting, one panel per student) and
+Fig. 4's loss gaps under pixel noise (robustness.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from . import robustness  # noqa: E402
 from .tabulate import SMOKE_NOTE, Table, has, row_order, slug, student_order  # noqa: E402
 
 
@@ -44,7 +46,7 @@ def delta_figure(table: Table, path: Path) -> bool:
                yerr=half, capsize=3)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(x, [_row_text(k) for k in rows], rotation=30, ha="right")
-    ax.set_ylabel("Δ vs independent (points)")
+    ax.set_ylabel(f"Δ vs {table.baseline} (points)")
     has_ci = data.xs("ci_low", axis=1, level=2).notna().any().any()
     note = "error bars: 95 % CI (Welch)" if has_ci else "no error bars: fewer than 2 seeds"
     smoke = "\n" + SMOKE_NOTE.split(";")[0] if SMOKE_NOTE in table.caption else ""
@@ -89,7 +91,7 @@ def curve_figure(curves: pd.DataFrame, groups: pd.Series, title: str, path: Path
 
 
 def draw(tables: list[Table], data: pd.DataFrame, curves: pd.DataFrame, folder: Path) -> list[Path]:
-    paths = []
+    paths = robustness.figures(data, folder)
     for table in tables:
         path = folder / f"delta_{table.name}.png"
         if delta_figure(table, path):

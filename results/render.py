@@ -16,11 +16,17 @@ def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
 
 
-def _cell_text(mean, std, n, row_n) -> str:
+def _cell_text(mean, std, n, row_n, first=None, last=None) -> str:
+    """mean ± std, the seed count where it differs from the row's, and for a best-epoch cell
+    the epoch(s) the values come from."""
     if _missing(mean):
         return "–"
     text = f"{mean:.{DIGITS}f}" + ("" if _missing(std) else f" ± {std:.{DIGITS}f}")
-    return text + (f" (n={n})" if n != row_n else "")
+    text += f" (n={n})" if not _missing(n) and n != row_n else ""
+    if not _missing(first):
+        text += (f" (epoch {first:.0f})" if round(first) == round(last) else
+                 f" (epochs {first:.0f}–{last:.0f})")
+    return text
 
 
 def _delta_text(delta, significant) -> str:
@@ -60,14 +66,17 @@ def _cells(table: Table) -> list[tuple[str, pd.DataFrame]]:
         shown["n"] = ["" if _missing(v) else str(int(v)) for v in n]
         for block, cell in dict.fromkeys((b, c) for b, c, _ in part.columns):
             fields = {f: part[(b, c, f)] for b, c, f in part.columns if (b, c) == (block, cell)}
+            none = pd.Series([math.nan] * len(part), index=part.index)
             name = cell if table.split else f"{block} {cell}"
-            shown[name] = [_cell_text(m, s, k, r) for m, s, k, r in
-                           zip(fields["mean"], fields["std"], fields["n"], n)]
+            shown[name] = [_cell_text(*v) for v in zip(
+                fields.get("mean", none), fields.get("std", none), fields.get("n", none), n,
+                fields.get("epoch_min", none), fields.get("epoch_max", none))]
             if "delta" in fields:
                 shown[f"Δ {name}"] = [_delta_text(d, s) for d, s in
                                       zip(fields["delta"], fields["significant"])]
             if "paper" in fields:
                 shown[f"paper {name}"] = [_paper_text(v, "") for v in fields["paper"]]
+            if "paper_delta" in fields:
                 shown[f"paper Δ {name}"] = [_paper_text(v, "+") for v in fields["paper_delta"]]
         out.append((group[0] if table.split else "", shown))
     return out
@@ -124,7 +133,8 @@ def csv(table: Table) -> pd.DataFrame:
 LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
          "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}", "`": "",
          "±": r"$\pm$", "Δ": r"$\Delta$", "←": r"$\leftarrow$", "→": r"$\rightarrow$",
-         "–": "--", "*": r"$^{*}$"}
+         "–": "--", "*": r"$^{*}$", "λ": r"$\lambda$", "δ": r"$\delta$", "−": "$-$",
+         "²": r"$^{2}$"}
 
 
 def _tex(text) -> str:

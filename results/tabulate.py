@@ -1,31 +1,40 @@
 """The tables as frames of raw numbers; formatting them is render.py's job.
 
 - pre-training, one per (preset, setting), laid out like the paper's Tables 2, 4 and 7;
+- the paper's Tables 1, 3, 4, 5, 9 and 10 in its own layout, from rows that live in several
+  config folders (layouts.py), and Fig. 4's loss gaps under pixel noise (robustness.py);
 - transfer, one per (preset, protocol), like Table 8, one column block per (backend, model);
 - cost, one row per run.
 
 Columns are (block, cell, field). Every cell has the fields mean, std, n; a cell compared with
 independent training adds delta, ci_low, ci_high, significant; a cell the paper reports adds
-paper and paper_delta (the paper's own gain over its own independent baseline).
+paper and, where the paper has the baseline too, paper_delta (the paper's own gain over its own
+baseline); a best-epoch cell adds epoch_min and epoch_max (the epochs the best values come from).
 """
 from __future__ import annotations
 
 import math
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from pretrain import registry  # standard library only: no torch
+
 from . import stats
-from .collect import RecordWarning
 
 PAPER_CSV = Path(__file__).with_name("paper_kdcl.csv")
-METHODS = ["independent", "dml", "kd", "mean", "kdcl_naive", "kdcl_linear", "kdcl_minlogit",
-           "kdcl_general", "kdcl*"]  # row order: independent, baselines, KDCL variants
-FIELDS = ["mean", "std", "n", "delta", "ci_low", "ci_high", "significant", "paper", "paper_delta"]
+# Row order: pretrain/registry.py's (independent, baselines, controls, KDCL variants), then the
+# paper's unnamed KDCL variant.
+METHODS = [*registry.NAMES, "kdcl*"]
+FIELDS = ["mean", "std", "n", "delta", "ci_low", "ci_high", "significant", "paper", "paper_delta",
+          "epoch_min", "epoch_max", "min", "max"]
 PAPER_ONLY = " (paper only)"
+BEST = "best-epoch top-1"
+EPOCH_NOTE = ("top-1: the final epoch's (the table's number); best-epoch top-1: the highest "
+              "validation top-1 of any epoch, with the epoch(s) it came from: optimistic, as the "
+              "epoch is chosen on the evaluation set itself; – where the records predate it.")
 # Transfer cells per task: (metric, label, compared with independent pre-training).
 TRANSFER_CELLS = {
     "detection": [("bbox_AP", "box AP", True), ("bbox_AP50", "box AP50", False),
@@ -54,6 +63,8 @@ class Table:
     data: pd.DataFrame          # raw numbers; the index holds the row labels
     trace: pd.DataFrame | None  # per row: the configs and run directories behind it
     split: bool = False         # render each column block as its own sub-table (wide tables)
+    baseline: str = "independent"  # what Δ compares with, in a figure's axis label
+    headline: bool = True       # summarised in results/README.md (KDCL variants' Δ range)
 
 
 def load_paper(path: Path = PAPER_CSV) -> pd.DataFrame:
@@ -64,8 +75,12 @@ def load_paper(path: Path = PAPER_CSV) -> pd.DataFrame:
 
 
 def build(data: pd.DataFrame, paper: pd.DataFrame) -> list[Table]:
-    tables = pretrain_tables(data, paper) + transfer_tables(data, paper)
-    return tables + ([cost_table(data)] if not data.empty else [])
+    """Every table: per folder, then in the paper's layout, Fig. 4's gaps, transfer, cost."""
+    from . import layouts, robustness  # they build on this module's cells and frames
+    tables = pretrain_tables(data, paper) + layouts.build(data, paper) + \
+        robustness.tables(data) + transfer_tables(data, paper)
+    trained = data["stage"].isin(["pretrain", "transfer"]).any()
+    return tables + ([cost_table(data)] if trained else [])
 
 
 def slug(preset: str, setting: str) -> str:
@@ -101,8 +116,53 @@ def _cell(block: str, cell: str, values=(), baseline=None, paper=(math.nan, math
                        ci_high=math.nan if d is None or d.high is None else d.high,
                        significant=d.significant if d else None)
     if not math.isnan(paper[0]):
-        out.update(paper=paper[0], paper_delta=paper[0] - paper[1])
+        out["paper"] = paper[0]
+        if not math.isnan(paper[1]):
+            out["paper_delta"] = paper[0] - paper[1]
     return {(block, cell, field): value for field, value in out.items()}
+
+
+def best_cell(block: str, frame: pd.DataFrame) -> dict:
+    """The best epoch's top-1 (metric best_top1, per seed the mean over the frame's students)
+    and the range of epochs it came from. Always present, NaN for records without it."""
+    values = seed_means(frame, "best_top1")
+    out = {(block, BEST, f): math.nan for f in ("mean", "std", "n")}
+    out |= _cell(block, BEST, values)
+    epochs = frame[frame["metric"] == "best_epoch"]["value"]
+    if len(values) and len(epochs):
+        out |= {(block, BEST, "epoch_min"): epochs.min(), (block, BEST, "epoch_max"): epochs.max()}
+    return out
+
+
+def seed_means(frame: pd.DataFrame, metric: str) -> list[float]:
+    """One value per seed, in seed order: the mean over the frame's records of that seed (the
+    students of one architecture in a run: ONE's branches, Table 5's ResNet-18s)."""
+    part = frame[frame["metric"] == metric]
+    return part.groupby("seed")["value"].mean().sort_index().tolist()
+
+
+def multi_branch(method) -> bool:
+    try:
+        return registry.get(method).multi_branch
+    except KeyError:
+        return False
+
+
+def fold_branches(data: pd.DataFrame) -> pd.DataFrame:
+    """A multi-branch run (ONE, CLNN) as the one network it exports, under its architecture's
+    name: the table's number is the exported branch's (records with `exported`: branch 0 or
+    head 0, as the configs say; the branches are exchangeable), the others leave the tables.
+    Records without the flag: the first branch."""
+    mask = (data["stage"] == "pretrain") & data["method"].map(multi_branch).astype(bool)
+    if not mask.any():
+        return data
+    part = data[mask]
+    flagged = part["exported"].map(lambda v: v is True)
+    any_flag = flagged.groupby(part["run_dir"]).transform("any")
+    first = part.groupby("run_dir")["student"].transform(
+        lambda names: min(names, key=lambda n: (len(n), n)))
+    chosen = part[flagged | (~any_flag & (part["student"] == first))]
+    return pd.concat([data[~mask], chosen.assign(student=chosen["backbone"])], ignore_index=True)
 
 
 def _frame(rows: dict, part: pd.DataFrame, names: list[str], order, blocks: list[str],
@@ -169,12 +229,25 @@ def student_order(groups: pd.Series) -> list[str]:
     return order
 
 
+def row_labels(part: pd.DataFrame) -> list[str]:
+    """Each record's row label: the method (and KD's teacher). Several configs of one folder with
+    the same method, ICL and students (a sweep: cifar/lambda) are rows of their own, named by
+    config, not seeds of one row."""
+    labels = [method_label(m, t) for m, t in zip(part["method"], part["teacher"])]
+    keys = list(zip(labels, part["icl"].map(repr), part["student"]))
+    configs: dict[tuple, set] = {}
+    for key, config in zip(keys, part["config"]):
+        configs.setdefault(key, set()).add(config)
+    swept = {k[:2] for k, c in configs.items() if len(c) > 1}
+    return [f"{label} [{Path(config).name}]" if key[:2] in swept else label
+            for label, key, config in zip(labels, keys, part["config"])]
+
+
 def pretrain_tables(data: pd.DataFrame, paper: pd.DataFrame) -> list[Table]:
-    data = data[data["stage"] == "pretrain"]
+    data = fold_branches(data[data["stage"] == "pretrain"])
     tables = []
     for (preset, setting), part in data.groupby(["preset", "setting"], sort=True):
-        part = part.assign(row=[(method_label(m, t), i) for m, t, i in
-                                zip(part["method"], part["teacher"], part["icl"])])
+        part = part.assign(row=list(zip(row_labels(part), part["icl"])))
         students = [s for s in student_order(part["group"]) if s in set(part["student"])]
         students += sorted(set(part["student"]) - set(students))
         ref = paper[(paper["setting"] == setting) & (paper["task"] == "classification")]
@@ -184,10 +257,6 @@ def pretrain_tables(data: pd.DataFrame, paper: pd.DataFrame) -> list[Table]:
         for (label, icl), runs in part.groupby("row", sort=False):
             method, row = runs["method"].iloc[0], {}
             ours.add((method, icl))
-            if runs.groupby("student")["config"].nunique().max() > 1:
-                warnings.warn(f"{setting}: row {label} pools the configs "
-                              f"{sorted(set(runs['config']))} as seeds", RecordWarning,
-                              stacklevel=2)
             for student in students:
                 mine = runs[runs["student"] == student]
                 for metric, cell in (("top1", "top-1"), ("top5", "top-5")):
@@ -196,6 +265,8 @@ def pretrain_tables(data: pd.DataFrame, paper: pd.DataFrame) -> list[Table]:
                                  _values(independent[independent["student"] == student], metric)
                                  if compare else None,
                                  _paper(ref, method, icl, backbone=student, metric=metric))
+                if not mine.empty:
+                    row |= best_cell(student, mine)
             if runs["group"].str.contains("+", regex=False).all():  # one student: no ensemble
                 ens = runs[runs["metric"] == "ensemble_top1"].drop_duplicates("run_dir")
                 row |= _cell("ensemble", "top-1", ens.sort_values("seed")["value"].tolist())
@@ -209,11 +280,14 @@ def pretrain_tables(data: pd.DataFrame, paper: pd.DataFrame) -> list[Table]:
             if row:
                 rows[(method + PAPER_ONLY, icl)] = row
         frame, trace = _frame(rows, part, ["method", "ICL"], lambda k: row_order(*k),
-                              [*students, "ensemble"], ["top-1", "top-5"])
+                              [*students, "ensemble"], ["top-1", BEST, "top-5"])
         epochs = ", ".join(str(int(e)) for e in sorted(set(part["epochs"].dropna())))
         what = (f"Pre-training on {', '.join(sorted(set(part['dataset'])))} ({epochs} epochs): "
                 "validation top-1/top-5 (%) of each student; ensemble: the mean of the students' "
-                "probabilities.")
+                f"probabilities. {EPOCH_NOTE}")
+        if part["method"].map(multi_branch).any():
+            what += (" ONE, CLNN: the exported branch's (head's) top-1, under its architecture; "
+                     "ensemble: their own ensemble of all branches.")
         sources = set(ref[ref["backbone"].isin(students)]["table"]) if has(frame, "paper") \
             else set()
         caption = _caption(part, what, "independent training of the same architecture in the "
@@ -294,6 +368,8 @@ def device(devices, world_size) -> tuple[int, str]:
 
 
 def cost_table(data: pd.DataFrame) -> Table:
+    # Training runs only: a robustness record names the pre-training run it evaluated.
+    data = data[data["stage"].isin(["pretrain", "transfer"])]
     runs = data.drop_duplicates("run_dir").sort_values(["stage", "preset", "config", "seed"])
     rows = []
     for r in runs.itertuples(index=False):

@@ -46,8 +46,13 @@ def test_smoke_plan_covers_every_task_with_a_baseline():
     assert len(transfer) == 6  # 2 backbones x (Faster R-CNN, Mask R-CNN, Semantic FPN)
     assert {s.backbone.parts[3] for s in transfer} == {"independent", "kdcl_minlogit"}
     methods = [Path(s.args[1]).stem for s in steps if s.stage == "pretrain"]
-    assert methods == ["independent", "kdcl_general", "kdcl_linear", "kdcl_minlogit",
-                       "kdcl_naive"]
+    assert methods == ["independent", "clnn", "kdcl_general", "kdcl_linear", "kdcl_minlogit",
+                       "kdcl_naive", "one"]
+    # Fig. 4's noise evaluation of KDCL-General's and the baseline's exports, before the tables
+    assert [s.stage for s in steps[-2:]] == ["robustness", "results"]
+    exports = [a for a in steps[-2].args if a.endswith(".pth")]
+    assert exports == [str(plan.export_of(c, 0, "resnet18"))
+                       for c in ("smoke/independent", "smoke/kdcl_general")]
 
 
 @pytest.mark.parametrize("backend", ["torchvision", "mmseg"])
@@ -77,7 +82,7 @@ def test_only_selects_stages_backends_and_names():
     assert len(linear) == 1 and linear[0].stage == "pretrain"
     assert plan.select(steps, []) == steps
     with pytest.raises(ValueError, match="--only nonsense matches no step.*a stage \\(pretrain, "
-                                         "transfer, results\\), a backend \\(mmseg, torchvision\\)"):
+                                         "transfer, robustness, results\\), a backend \\(mmseg, torchvision\\)"):
         plan.select(steps, ["pretrain", "nonsense"])
 
 

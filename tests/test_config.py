@@ -94,7 +94,7 @@ def test_every_shipped_config_loads(monkeypatch, tmp_path):
     for path in configs:
         cfg = config.load(path)
         assert cfg.students and cfg.preset in ("smoke", "cifar", "paper", "custom"), path
-        assert (cfg.preset == "custom") == (path.parent.name == "bench"), path
+        assert (cfg.preset == "custom") == (path.parent.name in ("bench", "acceptance")), path
 
 
 def test_yaml_reads_only_true_and_false_as_booleans():
@@ -187,3 +187,16 @@ def test_student_kwargs_are_checked_on_the_meta_device(monkeypatch):
                                                 "students.0.arch=resnet101"])
     assert built == [("resnet101", {"num_classes": 10}, {"meta"}),  # the smoke set's classes
                      ("mobilenet_v2", {"num_classes": 10, "width_mult": 0.5}, {"meta"})]
+
+
+def test_a_key_added_since_a_run_was_saved_is_the_same_run_at_its_default():
+    from kdcl_common.config import config_diff
+    from pretrain.config import RUNS
+
+    saved = {"data": {"root": "x"}, "method": {"name": "kdcl_minlogit"}}  # before data.cutout
+    now = {"data": {"root": "x", "cutout": False, "cutout_size": None},
+           "method": {"name": "kdcl_minlogit", "ce_weight": 1.0, "splits": []}}
+    assert config_diff(saved, now, defaults=RUNS.defaults) == []
+    changed = {**now, "data": {**now["data"], "cutout": True}}
+    assert config_diff(saved, changed, defaults=RUNS.defaults) == ["  data.cutout: '<absent>' -> True"]
+    assert config_diff(now, saved, defaults=RUNS.defaults)  # a key removed is a difference

@@ -40,7 +40,7 @@ def chain(path: Path) -> dict:
 
 
 def test_every_experiment_names_its_protocol_and_backbone():
-    assert len(EXPERIMENTS) == 16
+    assert len(EXPERIMENTS) == 17  # 16 protocol configs and the acceptance check's
     for path in EXPERIMENTS:
         cfg = chain(path)
         assert cfg["KDCL"]["PROTOCOL"] in path.stem, path.name

@@ -1,7 +1,10 @@
 """The results stage on constructed records: cell values, paper columns, significance, skipped
 lines (malformed, or a field of the wrong type), stale records (transfer from replaced weights,
-KD from a replaced teacher), atomic replacement of the output folders and their modes, the smoke
-caption and the CLI end to end (a records path that does not exist included)."""
+KD from a replaced teacher, robustness from a replaced export), atomic replacement of the output
+folders and their modes, the smoke caption and the CLI end to end (a records path that does not
+exist included); the best-epoch column, the paper-layout Tables 1, 3, 4, 5, 9 and 10 with their
+paper and parameter columns, ONE/CLNN rows, and Fig. 4's gaps against hand computation, with
+records that lack the newer fields."""
 import json
 import math
 import os
@@ -12,7 +15,7 @@ import pandas as pd
 import pytest
 import scipy.stats
 
-from results import build, collect, render, stats, tabulate
+from results import build, collect, layouts, render, robustness, stats, tabulate
 from results.__main__ import main
 
 GROUP = "cifar_resnet32+wrn_16_2"
@@ -344,3 +347,429 @@ def test_a_kd_record_from_a_replaced_teacher_is_dropped_with_a_warning(tmp_path)
         "`python -m pretrain pretrain/configs/x.yaml seed=0 --restart`"]
     kd_runs = data[data["method"] == "kd"]
     assert sorted(set(kd_runs["seed"])) == [1, 2]
+
+
+# ------------------------------------------------------------------ which epoch, paper layouts
+# Records as pre-training writes them now: the final epoch's top-1 (the tables' number), the best
+# epoch's with its epoch, and the parameter count of everything trained together.
+def run(config, student, seed, top1, *, method="independent", backbone=None, icl=False,
+        preset="paper", best=None, epoch=None, params=None, **extra):
+    record = pretrain(method, student, seed, top1, setting=config.rsplit("/", 1)[0],
+                      preset=preset, icl=icl, backbone=backbone or student, group=student,
+                      **extra)
+    record.update(config=config, run_dir=f"runs/pretrain/{config}/seed{seed}")
+    if best is not None:
+        record["metrics"].update(best_top1=best, best_epoch=epoch)
+    if params is not None:
+        record["system_parameters"] = params
+    return record
+
+
+def row_cells(md, *starts):
+    """{column: cell} of the Markdown row that starts with `starts` (joined by |)."""
+    lines = [line for line in md.splitlines() if line.startswith("|")]
+    split = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    row = next(r for r in split[2:] if r[:len(starts)] == list(starts))
+    return dict(zip(split[0], row))
+
+
+def frame_of(items):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", collect.RecordWarning)  # none expected
+        return collect.frame(items)
+
+
+def test_best_epoch_column_beside_the_final_epoch_and_dash_for_older_records():
+    items = [pretrain("independent", "cifar_resnet32", s, 70.0 + s) for s in range(2)]
+    for s, (top1, best, epoch) in enumerate([(74.0, 74.6, 180), (75.0, 75.4, 195)]):
+        item = pretrain("kdcl_general", "cifar_resnet32", s, top1, icl=True)
+        item["metrics"].update(best_top1=best, best_epoch=epoch)
+        items.append(item)
+    # a third seed from before best_top1 was recorded
+    items.append(pretrain("kdcl_general", "cifar_resnet32", 2, 76.0, icl=True))
+    table = build_tables(items)["pretrain_cifar"]
+    cell = table.data.loc[("kdcl_general", True), "cifar_resnet32"]
+    assert cell[("top-1", "mean")] == pytest.approx(75.0)  # the final epoch's, all 3 seeds
+    assert cell[(tabulate.BEST, "mean")] == pytest.approx(75.0)  # (74.6 + 75.4) / 2
+    assert cell[(tabulate.BEST, "n")] == 2
+    assert (cell[(tabulate.BEST, "epoch_min")], cell[(tabulate.BEST, "epoch_max")]) == (180, 195)
+    assert pd.isna(table.data.loc[("independent", False),
+                                     ("cifar_resnet32", tabulate.BEST, "mean")])
+    md = render.markdown(table)
+    best = "cifar_resnet32 best-epoch top-1"
+    assert row_cells(md, "kdcl_general", "yes")[best] == "75.00 ± 0.57 (n=2) (epochs 180–195)"
+    assert row_cells(md, "independent", "no")[best] == "–"
+    assert "final epoch's" in table.caption
+    assert render._cell_text(72.0, math.nan, 1, 1, 187.0, 187.0) == "72.00 (epoch 187)"
+
+
+def test_a_sweep_in_one_folder_is_a_row_per_config_not_pooled_seeds():
+    items = [run(f"cifar/lambda/lambda_{lam}", "cifar_resnet32", s, 70 + lam + s,
+                 method="kdcl_general", icl=True, preset="cifar")
+             for lam in (0.1, 2) for s in range(2)]
+    data = build_tables(items)["pretrain_cifar_lambda"].data
+    assert list(data.index.get_level_values("method")) == ["kdcl_general [lambda_0.1]",
+                                                           "kdcl_general [lambda_2]"]
+    assert data[("cifar_resnet32", "top-1", "n")].tolist() == [2, 2]
+
+
+def one_run(config, backbone, seed, exported_top1, others, *, method="one", params=None,
+            preset="paper", prefix="branch"):
+    """A multi-branch run: branch 0 exported, the others recorded only."""
+    names = [f"{prefix}{i}" for i in range(1 + len(others))]
+    out = []
+    for i, (name, top1) in enumerate(zip(names, [exported_top1, *others])):
+        item = run(config, name, seed, top1, method=method, backbone=backbone, preset=preset,
+                   params=params, exported=i == 0)
+        item["group"] = "+".join(names)
+        item["metrics"]["ensemble_top1"] = 80.0 + seed
+        out.append(item)
+    return out
+
+
+def test_table_7_one_and_clnn_rows_are_the_exported_branch_with_paper_columns():
+    items = [pretrain("independent", "cifar_resnet32", s, 70.0) for s in range(2)]
+    for s in range(2):
+        items += one_run("cifar/one", "cifar_resnet32", s, 73.0 + s, [10.0, 20.0],
+                         preset="cifar")
+        items += one_run("cifar/clnn", "cifar_resnet32", s, 72.0 + s, [5.0, 6.0, 7.0],
+                         method="clnn", preset="cifar", prefix="head")
+    table = build_tables(items)["pretrain_cifar"]
+    data = table.data
+    assert "branch0" not in data.columns.get_level_values(0)  # folded into the architecture
+    one = data.loc[("one", False)]
+    assert one[("cifar_resnet32", "top-1", "mean")] == pytest.approx(73.5)  # branch 0 only
+    assert one[("cifar_resnet32", "top-1", "paper")] == pytest.approx(73.6)
+    assert one[("cifar_resnet32", "top-1", "paper_delta")] == pytest.approx(73.6 - 69.9)
+    assert one[("ensemble", "top-1", "mean")] == pytest.approx(80.5)
+    clnn = data.loc[("clnn", False)]
+    assert clnn[("cifar_resnet32", "top-1", "mean")] == pytest.approx(72.5)
+    assert clnn[("cifar_resnet32", "top-1", "paper")] == pytest.approx(73.4)
+    assert "exported branch" in table.caption
+
+
+def layouts_of(items):
+    return {t.name: t for t in layouts.build(frame_of(items), tabulate.load_paper())}
+
+
+def test_table_1_teacher_quality_in_the_paper_layout():
+    items = []
+    for s in range(2):
+        items.append(run("imagenet/r18x1/independent", "resnet18", s, 70.0 + s, best=70.5 + s,
+                         epoch=99))
+        for tag, arch, teacher_top1, student_top1 in [("r34", "resnet34", 73.0, 71.0),
+                                                      ("r50", "resnet50", 76.0, 71.5)]:
+            items.append(run(f"imagenet/teachers/independent_{tag}", arch, s, teacher_top1 + s))
+            items.append(run(f"imagenet/teachers/kd_{tag}_to_r18", "resnet18", s,
+                             student_top1 + s, method="kd",
+                             teacher=f"runs/pretrain/imagenet/teachers/independent_{tag}/"
+                                     f"seed{s}/export/{arch}.pth"))
+    table = layouts_of(items)["paper_table1"]
+    data = table.data
+    assert list(data.index.get_level_values("teacher")) == [
+        "none (hard labels)", "resnet34", "resnet50", "resnet101"]
+    assert [b for b in dict.fromkeys(data.columns.get_level_values(0))] == ["teacher", "student"]
+    base = data.loc[("none (hard labels)",)]
+    assert base[("student", "top-1", "mean")] == pytest.approx(70.5)
+    assert base[("student", "top-1", "paper")] == pytest.approx(70.1)
+    assert base[("student", tabulate.BEST, "mean")] == pytest.approx(71.0)
+    r50 = data.loc[("resnet50",)]
+    assert r50[("teacher", "top-1", "mean")] == pytest.approx(76.5)
+    assert r50[("teacher", "top-1", "paper")] == pytest.approx(76.5)
+    assert r50[("student", "top-1", "delta")] == pytest.approx(1.5)  # 72.0 - 70.5
+    assert r50[("student", "top-1", "paper")] == pytest.approx(71.2)
+    assert r50[("student", "top-1", "paper_delta")] == pytest.approx(71.2 - 70.1)
+    assert pd.isna(r50[("student", tabulate.BEST, "mean")])  # not recorded: –
+    r101 = data.loc[("resnet101",)]  # not run: the paper's numbers alone
+    assert pd.isna(r101[("teacher", "top-1", "mean")])
+    assert r101[("teacher", "top-1", "paper")] == pytest.approx(77.9)
+    assert r101[("student", "top-1", "paper")] == pytest.approx(71.4)
+    md = render.markdown(table)
+    assert "| teacher top-1 " in md and "| paper student top-1 " in md
+    assert "student best-epoch top-1" in md and "hard-label ResNet-18" in table.caption
+
+
+def test_table_3_rows_parameter_column_and_the_exported_one_branch():
+    items = []
+    for s in range(2):
+        items.append(run("imagenet/r18/independent", "resnet18", s, 71.0 + s,
+                         params=11_689_512))
+        items += one_run("imagenet/r18/one", "resnet18", s, 72.0 + s, [60.0, 61.0],
+                         params=29_502_000)
+        # older records: no system_parameters
+        items += one_run("imagenet/r18/clnn", "resnet18", s, 72.4, [50.0, 51.0, 52.0],
+                         method="clnn", prefix="head")
+        for arch in ("resnet50", "resnet18"):
+            item = run("imagenet/r50_r18/kdcl_minlogit", arch, s, 73.0 + s,
+                       method="kdcl_minlogit", icl=True, params=37_250_000)
+            item["group"] = "resnet50+resnet18"
+            items.append(item)
+    table = layouts_of(items)["paper_table3"]
+    data = table.data
+    assert list(data.index.get_level_values("method")) == [
+        "Vanilla", "ONE (3 branches)", "KDCL-MinLogit, peer MobileNetV2 x1.2", "CLNN (4 heads)",
+        "KDCL-MinLogit, peer ResNet-50"]
+    one = data.loc[("ONE (3 branches)",)]
+    assert one[("resnet18", "top-1", "mean")] == pytest.approx(72.5)  # branch 0, not the mean
+    assert one[("resnet18", "top-1", "delta")] == pytest.approx(1.0)
+    assert one[("resnet18", "params (M)", "mean")] == pytest.approx(29.502)
+    assert one[("resnet18", "params (M)", "paper")] == pytest.approx(29.5)
+    assert one[("resnet18", "top-5", "paper")] == pytest.approx(90.6)
+    peer = data.loc[("KDCL-MinLogit, peer ResNet-50",)]
+    assert peer[("resnet18", "params (M)", "mean")] == pytest.approx(37.25)
+    assert peer[("resnet18", "params (M)", "paper")] == pytest.approx(37.2)
+    assert peer[("resnet18", "top-1", "paper")] == pytest.approx(73.1)
+    assert peer[("resnet18", "top-1", "paper_delta")] == pytest.approx(73.1 - 71.2)
+    assert data.loc[("KDCL-MinLogit, peer MobileNetV2 x1.2",),
+                    ("resnet18", "top-1", "paper")] == pytest.approx(72.9)
+    md = render.markdown(table)
+    clnn = row_cells(md, "CLNN (4 heads)")
+    assert clnn["resnet18 params (M)"] == "–"  # older records: no count
+    assert clnn["paper resnet18 params (M)"] == "40.5"
+    assert clnn["resnet18 best-epoch top-1"] == "–"
+    assert row_cells(md, "Vanilla")["resnet18 params (M)"] == "11.69"
+
+
+def test_table_4_pairs_from_several_folders_in_the_paper_order():
+    items = []
+    for s in range(2):
+        for folder, pair in [("imagenet/r50_r18_100ep", ("resnet50", "resnet18")),
+                             ("imagenet/mbv2_mbv2x0.5", ("mobilenet_v2", "mobilenet_v2_x0.5"))]:
+            for method, gain in [("independent", 0.0), ("kdcl_minlogit", 1.0)]:
+                for k, arch in enumerate(pair):
+                    item = run(f"{folder}/{method}", arch, s, 70.0 + k + gain + s,
+                               method=method, icl=method != "independent")
+                    item["group"] = "+".join(pair)
+                    items.append(item)
+    data = layouts_of(items)["paper_table4"].data
+    pairs = list(dict.fromkeys(zip(data.index.get_level_values("model 1"),
+                                   data.index.get_level_values("model 2"))))
+    assert pairs == [("mobilenet_v2", "mobilenet_v2_x0.5"), ("resnet18", "mobilenet_v2_x0.5"),
+                     ("resnet18", "mobilenet_v2"), ("resnet50", "mobilenet_v2_x0.5"),
+                     ("resnet50", "resnet18")]
+    row = data.xs(("resnet50", "resnet18", "kdcl_minlogit"),
+                  level=["model 1", "model 2", "method"]).iloc[0]
+    assert row[("model 1", "top-1", "mean")] == pytest.approx(71.5)
+    assert row[("model 1", "top-1", "delta")] == pytest.approx(1.0)
+    assert row[("model 1", "top-1", "paper")] == pytest.approx(77.0)
+    assert row[("model 2", "top-1", "paper")] == pytest.approx(72.1)
+    assert row[("model 2", "top-1", "paper_delta")] == pytest.approx(72.1 - 71.2)
+    assert "200" in data.xs("resnet50", level="model 1").index.get_level_values("epochs")
+    # a pair without records: the paper's rows alone
+    only = data.xs(("resnet18", "mobilenet_v2"), level=["model 1", "model 2"])
+    assert only[("model 1", "top-1", "paper")].tolist() == [71.2, 72.1, 72.2]
+    assert only[("model 1", "top-1", "mean")].isna().all()
+
+
+def test_table_5_networks_as_columns_mean_over_the_run_s_resnet18s():
+    items = [run("imagenet/r18x1/independent", "resnet18", s, 70.0 + s) for s in range(2)]
+    for s in range(2):
+        names = ["resnet18_0", "resnet18_1", "resnet18_2"]
+        for name, top1 in zip(names, [71.0, 72.0, 73.0]):
+            item = run("imagenet/r18x3/kdcl_minlogit", name, s, top1 + s,
+                       method="kdcl_minlogit", icl=True, backbone="resnet18")
+            item["group"] = "+".join(names)
+            item["metrics"]["ensemble_top1"] = 74.0 + s
+            items.append(item)
+    table = layouts_of(items)["paper_table5"]
+    data = table.data
+    assert list(data.index.get_level_values("network")) == ["resnet18 (each network)",
+                                                            "ensemble"]
+    assert list(dict.fromkeys(data.columns.get_level_values(0))) == [
+        "1 network", "2 networks", "3 networks", "4 networks", "5 networks"]
+    each = data.loc[("resnet18 (each network)",)]
+    assert each[("3 networks", "top-1", "mean")] == pytest.approx(72.5)  # mean of 72, 73
+    assert each[("3 networks", "top-1", "delta")] == pytest.approx(2.0)
+    assert each[("3 networks", "top-1", "paper")] == pytest.approx(71.61)
+    assert each[("3 networks", "top-1", "paper_delta")] == pytest.approx(71.61 - 70.1)
+    assert each[("1 network", "top-1", "paper")] == pytest.approx(70.1)
+    assert each[("5 networks", "top-1", "paper")] == pytest.approx(71.87)
+    assert data.loc[("ensemble",), ("3 networks", "top-1", "mean")] == pytest.approx(74.5)
+    assert "| paper 3 networks top-1 " in render.markdown(table)
+
+
+def test_table_9_lambda_columns_with_lambda_1_from_table_7():
+    items = []
+    for s in range(2):
+        for config, top1 in [("cifar/kdcl_general_icl", 74.0), ("cifar/lambda/lambda_0.1", 71.0),
+                             ("cifar/lambda/lambda_10", 73.0)]:
+            for student in ("cifar_resnet32", "wrn_16_2"):
+                item = run(config, student, s, top1 + s, method="kdcl_general", icl=True,
+                           preset="cifar")
+                item["group"] = GROUP
+                items.append(item)
+    table = layouts_of(items)["paper_table9"]
+    data = table.data
+    assert list(dict.fromkeys(data.columns.get_level_values(0))) == [
+        "λ=0.1", "λ=0.2", "λ=0.5", "λ=1", "λ=2", "λ=5", "λ=10"]
+    r32 = data.loc[("cifar_resnet32",)]
+    assert r32[("λ=1", "top-1", "mean")] == pytest.approx(74.5)
+    assert r32[("λ=1", "top-1", "paper")] == pytest.approx(74.3)
+    assert ("λ=1", "top-1", "delta") not in data.columns or pd.isna(
+        r32[("λ=1", "top-1", "delta")])
+    assert r32[("λ=0.1", "top-1", "delta")] == pytest.approx(-3.0)
+    assert r32[("λ=0.1", "top-1", "paper")] == pytest.approx(71.5)
+    assert r32[("λ=0.1", "top-1", "paper_delta")] == pytest.approx(71.5 - 74.3)
+    assert data.loc[("wrn_16_2",), ("λ=2", "top-1", "paper")] == pytest.approx(76.1)
+    assert ("λ=2", "top-1", "mean") not in data.columns  # no run: the paper's value alone
+    assert row_cells(render.markdown(table), "wrn_16_2")["λ=2 top-1"] == "–"
+    assert "cifar/lambda/lambda_0.1" in table.trace.loc[("cifar_resnet32",), "configs"]
+    assert r"$\lambda$=0.1 top-1" in render.latex(table)
+
+
+def test_table_10_cutout_rows_with_the_same_method_without_cutout():
+    items = []
+    for s in range(2):
+        for config, method, icl, top1 in [
+                ("cifar/cutout/independent", "independent", False, 72.0),
+                ("cifar/cutout/kdcl_general_icl", "kdcl_general", True, 75.0),
+                ("cifar/kdcl_general_icl", "kdcl_general", True, 74.0)]:
+            item = run(config, "cifar_resnet32", s, top1 + s, method=method, icl=icl,
+                       preset="cifar")
+            items.append(item)
+    table = layouts_of(items)["paper_table10"]
+    data = table.data
+    assert list(data.index) == [("independent", False), ("kdcl_general", False),
+                                ("kdcl_general", True)]
+    icl = data.loc[("kdcl_general", True), "cifar_resnet32"]
+    assert icl[("top-1", "mean")] == pytest.approx(75.5)
+    assert icl[("top-1", "delta")] == pytest.approx(3.0)
+    assert icl[("top-1", "paper")] == pytest.approx(74.6)
+    assert icl[("top-1", "paper_delta")] == pytest.approx(74.6 - 72.3)
+    assert icl[("top-1 without Cutout", "mean")] == pytest.approx(74.5)
+    assert icl[("top-1 without Cutout", "paper")] == pytest.approx(74.3)  # Table 7
+    assert data.loc[("independent", False), ("wrn_16_2", "top-1", "paper")] == \
+        pytest.approx(74.3)
+    assert data.loc[("independent", False), ("cifar_resnet32", "top-1 without Cutout",
+                                             "paper")] == pytest.approx(69.9)
+
+
+def test_paper_layout_tables_are_built_only_with_records_of_their_configs():
+    data = frame_of(cifar_records())  # Table 7 configs: cifar/independent, kdcl_general_icl, ...
+    names = [t.name for t in layouts.build(data, tabulate.load_paper())]
+    assert names == ["paper_table9"]  # lambda = 1 is Table 7's run; Table 10 has no Cutout run
+    assert layouts.notes(data) == [
+        "paper-layout Tables 1, 3, 4, 5, 10: not built, no records of their configs yet (the "
+        "paper and cifar presets run them)"]
+
+
+# ---------------------------------------------------------------------------------- Fig. 4
+def noise(method, seed, delta, loss, *, icl=False, student="cifar_resnet32", **extra):
+    config = f"cifar/{method}{'_icl' if icl else ''}"
+    return {"stage": "robustness", "task": "classification", "dataset": "cifar100",
+            "backend": "pytorch", "backbone": student, "student": student, "method": method,
+            "icl": icl, "metrics": {"loss": loss, "loss_std": 0.01, "top1": 60.0},
+            "seed": seed, "preset": "cifar", "config": config, "config_hash": "abc",
+            "run_dir": f"runs/pretrain/{config}/seed{seed}", "delta": delta,
+            "created": "2026-01-05T00:00:00+00:00", "world_size": 1, "devices": ["x86_64"],
+            **extra}
+
+
+def fig4_records():
+    # loss[method][seed] at delta 0.0 and 0.1
+    losses = {("kdcl_general", True): [(1.0, 2.0), (1.2, 2.4), (1.1, 2.1)],
+              ("kdcl_general", False): [(1.0, 2.2), (1.1, 2.3), (1.0, 2.4)],
+              ("independent", False): [(1.3, 3.0), (1.4, 3.5), (1.2, 3.9)],
+              ("dml", False): [(1.1, 2.5), (1.3, 2.6)]}  # two seeds only
+    return [noise(m, seed, d, value, icl=icl)
+            for (m, icl), per_seed in losses.items() for seed, pair in enumerate(per_seed)
+            for d, value in zip((0.0, 0.1), pair)]
+
+
+def test_fig4_gaps_against_hand_computation():
+    spread = robustness.summary(robustness.gaps(frame_of(fig4_records())))
+    at = spread.set_index(["icl", "against", "delta"])
+    # independent - KDCL-General + ICL at 0.1, per seed: 1.0, 1.1, 1.8
+    row = at.loc[(True, "independent", 0.1)]
+    assert row["mean"] == pytest.approx(3.9 / 3)
+    assert row["std"] == pytest.approx(pd.Series([1.0, 1.1, 1.8]).std())
+    assert (row["min"], row["max"], row["n"]) == (pytest.approx(1.0), pytest.approx(1.8), 3)
+    # DML - KDCL-General + ICL at 0.1: seeds 0 and 1 only (paired by seed): 0.5, 0.2
+    row = at.loc[(True, "dml", 0.1)]
+    assert (row["mean"], row["n"]) == (pytest.approx(0.35), 2)
+    # without ICL at 0.0: independent 1.3-1.0, 1.4-1.1, 1.2-1.0
+    assert at.loc[(False, "independent", 0.0), "mean"] == pytest.approx(0.8 / 3)
+
+
+def test_fig4_table_figure_and_readme(tmp_path):
+    source = write_jsonl(tmp_path / "records.jsonl", fig4_records())
+    out = tmp_path / "out"
+    assert main(["--records", str(source), "--out", str(out)]) == 0
+    table = (out / "tables" / "fig4_robustness_cifar.md").read_text()
+    row = next(line for line in table.splitlines()
+               if line.startswith("| cifar_resnet32 | yes ") and "| 0.1 " in line)
+    assert "| 1.30 ± 0.44 " in row  # the gap to independent, mean ± std over 3 seeds
+    csv = pd.read_csv(out / "tables" / "fig4_robustness_cifar.csv")
+    row = csv[(csv["KDCL-General ICL"]) & (csv["δ"] == 0.1)].iloc[0]
+    assert row["gap/independent − KDCL-General/max"] == pytest.approx(1.8)
+    assert row["loss/DML/n"] == 2
+    assert (out / "figures" / "fig4_robustness_cifar.png").read_bytes()[:4] == b"\x89PNG"
+    readme = (out / "README.md").read_text()
+    assert "fig4_robustness_cifar.png" in readme and "tables/fig4_robustness_cifar.md" in readme
+    assert "- robustness: 11 runs; by setting: cifar (11)" in readme  # (config, seed) pairs
+    assert "Fig. 4 (robustness to noise)" not in readme  # drawn: nothing to note
+
+
+def test_fig4_missing_records_are_a_note_not_a_crash(tmp_path, capsys):
+    # no robustness records at all
+    assert robustness.tables(frame_of(cifar_records())) == []
+    assert robustness.notes(frame_of(cifar_records()))[0].startswith(
+        "Fig. 4 (robustness to noise): not drawn, no records of stage robustness")
+    # KDCL-General only: nothing to compare; independent only for a gap; a record without delta
+    items = [noise("kdcl_general", 0, 0.0, 1.0, icl=True),
+             noise("independent", 1, 0.0, 1.5),  # another seed: no pair
+             {k: v for k, v in noise("dml", 0, 0.0, 1.2).items() if k != "delta"}]
+    source = write_jsonl(tmp_path / "records.jsonl", items)
+    out = tmp_path / "out"
+    assert main(["--records", str(source), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert ("note: Fig. 4 for cifar (cifar preset): not drawn, it needs robustness records of "
+            "kdcl_general and of independent or dml for the same seeds; found independent, "
+            "kdcl_general") in printed
+    assert not list((out / "figures").glob("fig4_*"))
+    assert "## Not built" in (out / "README.md").read_text()
+    items = [noise("kdcl_general", 0, 0.0, 1.0), noise("independent", 0, 0.0, 1.5)]
+    assert robustness.notes(frame_of(items)) == [
+        "Fig. 4 for cifar (cifar preset): no gap against dml (no records of the same seeds)"]
+
+
+def test_a_robustness_record_of_a_replaced_export_is_dropped_with_a_warning(tmp_path):
+    export = "runs/pretrain/cifar/independent/seed0/export/cifar_resnet32.pth"
+    old = {**pretrain("independent", "cifar_resnet32", 0, 70.0), "artifact": export,
+           "backbone_sha256": SHA["a"], "created": "2026-01-01T00:00:00+00:00"}
+    new = {**old, "backbone_sha256": SHA["b"], "created": "2026-01-03T00:00:00+00:00"}
+    by_path = noise("independent", 0, 0.05, 2.0, backbone_path=export,
+                    backbone_sha256=SHA["a"])
+    # no path: found by config, seed and student
+    by_run = noise("independent", 0, 0.1, 2.5, backbone_sha256=SHA["a"])
+    fresh = noise("independent", 0, 0.0, 1.5, backbone_sha256=SHA["b"])
+    source = write_jsonl(tmp_path / "records.jsonl", [old, by_path, by_run, fresh, new])
+    with pytest.warns(collect.RecordWarning) as caught:
+        data = collect.load([source])
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2
+    assert messages[0].startswith(f"{source}:2: skipped, stale: made from the evaluated "
+                                  f"backbone {export} with sha256 aaaaaaaaaaaa, which "
+                                  f"pre-training has since replaced (newest record {source}:5")
+    assert "`python -m pretrain.robustness` on" in messages[0]
+    assert messages[1].startswith(f"{source}:3: skipped, stale")
+    kept = data[(data["stage"] == "robustness") & (data["metric"] == "loss")]
+    assert kept["delta"].tolist() == [0.0]
+
+
+def test_records_without_the_new_fields_still_tabulate():
+    # no best_top1/best_epoch, no system_parameters, no exported flag (first branch taken)
+    items = [run("imagenet/r18/independent", "resnet18", 0, 71.0)]
+    for i, top1 in enumerate([72.0, 10.0, 11.0]):
+        item = run("imagenet/r18/one", f"branch{i}", 0, top1, method="one", backbone="resnet18")
+        item["group"] = "branch0+branch1+branch2"
+        items.append(item)
+    data = frame_of(items)
+    table = {t.name: t for t in layouts.build(data, tabulate.load_paper())}["paper_table3"]
+    one = table.data.loc[("ONE (3 branches)",)]
+    assert one[("resnet18", "top-1", "mean")] == pytest.approx(72.0)
+    assert pd.isna(one[("resnet18", "params (M)", "mean")])
+    assert pd.isna(one[("resnet18", tabulate.BEST, "mean")])
+    assert "–" in render.markdown(table)
+    built = build_tables(items)
+    assert "pretrain_paper_imagenet_r18" in built and "cost" in built

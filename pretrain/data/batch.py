@@ -75,6 +75,7 @@ class Batch(NamedTuple):
     cpu_rows: torch.Tensor | None = None
     inputs: list[torch.Tensor] | None = None  # the students' inputs, when the workers ran the
     # whole input pipeline (CPU runs): one normalised float [B, 3, S, S] per view
+    holes: torch.Tensor | None = None  # int64 [B, V, 4] Cutout's holes; None without Cutout
 
     @property
     def size(self) -> int:
@@ -95,7 +96,9 @@ def collate(samples: list[Sample]) -> Batch:
         labels=torch.tensor([s.label for s in good]),
         flip=torch.from_numpy(np.stack([p.flip for p in params])),
         jitter=torch.from_numpy(np.stack([p.jitter for p in params])),
-        order=torch.from_numpy(np.stack([p.order for p in params])), bad=bad)
+        order=torch.from_numpy(np.stack([p.order for p in params])), bad=bad,
+        holes=None if params[0].holes is None else torch.from_numpy(
+            np.stack([p.holes for p in params])))
     rows = [i for i, s in enumerate(good) if s.encoded is not None]
     if not rows:
         return Batch(**fields)

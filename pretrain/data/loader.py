@@ -7,10 +7,10 @@ on the number of workers, on the number of ranks sharing a global batch, or on w
 was resumed, which is what makes kill-and-resume and 1-vs-N-rank runs reproducible.
 
 ICL: each image is read and decoded once and cropped once per view (one view per student, or a
-single shared view with ICL off). Workers crop; flips and colour jitter are drawn here and
-applied to the whole batch on the training device (views.py explains the split). With
-`data.decode=device` the workers only read the JPEG bytes and draw the crop boxes, and the
-device decodes and crops the whole batch (on_device.py).
+single shared view with ICL off). Workers crop; flips, colour jitter and Cutout's holes are
+drawn here and applied to the whole batch on the training device (views.py explains the
+split). With `data.decode=device` the workers only read the JPEG bytes and draw the crop boxes,
+and the device decodes and crops the whole batch (on_device.py).
 """
 from __future__ import annotations
 

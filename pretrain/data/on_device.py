@@ -1,6 +1,7 @@
 """The batched end of the input pipeline: JPEG decoding and cropping (data.decode=device),
-horizontal flips, colour jitter and normalisation, for every view of a batch at once. It runs on
-the training device for GPU runs, and in the loader's workers for CPU runs (loader.Collate).
+horizontal flips, colour jitter, normalisation and Cutout, for every view of a batch at once. It
+runs on the training device for GPU runs, and in the loader's workers for CPU runs
+(loader.Collate).
 The workers drew all the random parameters (views.py), so the result is the same function of
 (seed, epoch, image) wherever it runs.
 """
@@ -13,7 +14,7 @@ from torch.utils.data import get_worker_info
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from .batch import Batch, Encoded, Undecodable
-from .photometric import flip_and_jitter_
+from .photometric import cutout_, flip_and_jitter_
 
 MAX_TAPS = 8  # sub-samples per output pixel and axis when cropping on the device
 CHUNK_ELEMENTS = 1 << 24  # bounds the gather's temporaries (128 MiB of int64 indices)
@@ -119,7 +120,8 @@ def decode_and_crop(encoded: Encoded, size: int,
 
 class InputPipeline:
     """Batch (uint8 crops or JPEG bytes on the host) -> the students' inputs on `device`: one
-    normalised float [B, 3, S, S] per view, flipped and jittered with the workers' draws."""
+    normalised float [B, 3, S, S] per view, flipped, jittered and cut out with the workers'
+    draws (Cutout wherever the batch carries holes: the policy drew them)."""
 
     def __init__(self, device: torch.device, mean, std, size: int, channels_last: bool,
                  flip: bool, jitter: bool):
@@ -139,15 +141,18 @@ class InputPipeline:
             return batch.inputs, batch.labels, []
         x, keep, errors = self._pixels(batch)  # float32 [V * B, 3, S, S] in [0, 255], view-major
         views = batch.flip.shape[1]
-        if augment and (self.flip or self.jitter):
-            def per_view(t):  # [B, V, ...] on the host -> [V * B, ...] on the device
-                t = t if keep is None else t[keep]
-                return t.to(self.device, non_blocking=True).transpose(0, 1).reshape(len(x), -1)
 
+        def per_view(t):  # [B, V, ...] on the host -> [V * B, ...] on the device
+            t = t if keep is None else t[keep]
+            return t.to(self.device, non_blocking=True).transpose(0, 1).reshape(len(x), -1)
+
+        if augment and (self.flip or self.jitter):
             flip_and_jitter_(x, per_view(batch.flip) if self.flip else None,
                              per_view(batch.jitter) if self.jitter else None,
                              per_view(batch.order))
         x = torch.addcmul(self.shift, x, self.scale, out=x)  # x is this call's own tensor
+        if augment and batch.holes is not None:  # after normalising: holes hold the mean
+            cutout_(x, per_view(batch.holes))
         labels = batch.labels if keep is None else batch.labels[keep]
         # Each student's input is one contiguous slice of the view-major batch.
         return list(x.chunk(views)), labels.to(self.device, non_blocking=True), errors

@@ -1,5 +1,5 @@
-"""Flips and colour jitter for a whole batch at once, with parameters drawn per image by the
-loader (views.py). They run where the batch is: on the training device for GPUs, in the
+"""Flips, colour jitter and Cutout for a whole batch at once, with parameters drawn per image
+by the loader (views.py). They run where the batch is: on the training device for GPUs, in the
 loader's workers when training on the CPU (see loader.Collate)."""
 from __future__ import annotations
 
@@ -35,3 +35,16 @@ def flip_and_jitter_(x: torch.Tensor, flip: torch.Tensor | None, factors: torch.
     if factors is not None:
         colour_jitter_(x, factors, order)
     return x
+
+
+def cutout_(x: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
+    """Cutout (DeVries & Taylor 2017) in place on x float [N, C, H, W]: zero each image's
+    hole, holes int [N, 4] (top, left, bottom, right; exclusive, clipped; views.cutout_holes).
+    Applied to the normalised batch, as their code does, so a hole holds the dataset's mean
+    colour. One mask for the batch, from two [N, side] comparisons: no loop over images."""
+    rows = torch.arange(x.shape[-2], device=x.device)
+    cols = torch.arange(x.shape[-1], device=x.device)
+    holes = holes.to(x.device)
+    in_rows = (rows >= holes[:, 0:1]) & (rows < holes[:, 2:3])  # [N, H]
+    in_cols = (cols >= holes[:, 1:2]) & (cols < holes[:, 3:4])  # [N, W]
+    return x.masked_fill_((in_rows[:, :, None] & in_cols[:, None, :])[:, None], 0.0)

@@ -12,12 +12,17 @@ The set is a pure function of its parameters (seeded per image), and is written 
 folder then renamed, so a reader never sees half of it.
 
     python -m pretrain.data.synthetic data/smoke/classification --classes 10
+    python -m pretrain.data.synthetic data/bench/cifar100 --cifar100 --train-per-class 500
+
+`--cifar100` writes the same kind of images at 32 px in CIFAR-100's python format (100 classes,
+which repeat the shape x hue pairs: for timing the in-memory CIFAR pipeline, not for accuracy).
 """
 from __future__ import annotations
 
 import argparse
 import math
 import os
+import pickle
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -91,6 +96,44 @@ def generate(root: str | os.PathLike, classes: int = 10, train_per_class: int = 
     return generated_folder(root, params, MARKER, "classification set", write)
 
 
+def _render_cifar(key: list[int], labels: np.ndarray) -> np.ndarray:
+    """CIFAR-100's rows: [N, 3072] uint8, the R, G and B planes of each 32 px image."""
+    images = [np.asarray(render(int(label) % len(CLASSES), 32, np.random.default_rng([*key, n])))
+              for n, label in enumerate(labels)]
+    return np.stack(images).transpose(0, 3, 1, 2).reshape(len(labels), 3072)
+
+
+def generate_cifar100(root: str | os.PathLike, train_per_class: int = 500,
+                      test_per_class: int = 100, seed: int = 0) -> Path:
+    """Write `root/cifar-100-python/{train,test,meta}` unless the same set is already there."""
+    params = {"format": "cifar100", "train_per_class": train_per_class,
+              "test_per_class": test_per_class, "seed": seed}
+
+    def write(tmp: Path) -> None:
+        folder = tmp / "cifar-100-python"
+        folder.mkdir()
+        for split_id, (split, per_class) in enumerate((("train", train_per_class),
+                                                       ("test", test_per_class))):
+            labels = np.random.default_rng([seed, split_id]).permutation(
+                np.repeat(np.arange(100), per_class))
+            chunks = np.array_split(np.arange(len(labels)), max(1, min(os.cpu_count() or 1,
+                                                                       len(labels) // 2000)))
+            jobs = [([seed, split_id, int(c[0])], labels[c]) for c in chunks if len(c)]
+            if len(jobs) > 1:
+                with ProcessPoolExecutor(len(jobs)) as pool:
+                    rows = list(pool.map(_render_cifar, *zip(*jobs)))
+            else:
+                rows = [_render_cifar(*job) for job in jobs]
+            with open(folder / split, "wb") as f:
+                pickle.dump({b"data": np.concatenate(rows), b"fine_labels": labels.tolist()}, f)
+        with open(folder / "meta", "wb") as f:
+            pickle.dump({b"fine_label_names": [f"{i:02d}_{CLASSES[i % len(CLASSES)][0]}_"
+                                               f"{CLASSES[i % len(CLASSES)][1]}".encode()
+                                               for i in range(100)]}, f)
+
+    return generated_folder(root, params, MARKER, "CIFAR-100-format set", write)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pretrain.data.synthetic",
                                      description=__doc__.split("\n\n")[0])
@@ -100,7 +143,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val-per-class", type=int, default=30)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cifar100", action="store_true",
+                        help="CIFAR-100's python format at 32 px (--val-per-class: test images)")
     args = parser.parse_args(argv)
+    if args.cifar100:
+        path = generate_cifar100(args.root, args.train_per_class, args.val_per_class, args.seed)
+        print(f"synthetic CIFAR-100-format set in {path}")
+        return
     path = generate(args.root, args.classes, args.train_per_class, args.val_per_class,
                     args.image_size, args.seed)
     print(f"synthetic classification set in {path}")

@@ -3,9 +3,10 @@ crops they select.
 
 The policy is split by where each part runs best. Geometry (which box of the image, resized to
 the training size) changes the image's size, so it runs per image in the loader workers, or
-batched on the device with `data.decode=device`. Flips and colour jitter keep the size, so the
-workers only draw their parameters and the training device applies them to the whole batch at
-once (pretrain/data/on_device.py). With ICL an image is decoded once and cropped once per view.
+batched on the device with `data.decode=device`. Flips, colour jitter and Cutout keep the size,
+so the workers only draw their parameters and the training device applies them to the whole
+batch at once (pretrain/data/on_device.py). With ICL an image is decoded once and cropped once
+per view.
 
 Every draw comes from a NumPy generator seeded with (seed, epoch, image): see loader.py.
 """
@@ -41,6 +42,8 @@ class ViewParams:
     flip: np.ndarray    # bool [V]
     jitter: np.ndarray  # float32 [V, 3]
     order: np.ndarray   # int64 [V, 3]
+    holes: np.ndarray | None = None  # int64 [V, 4] Cutout's (top, left, bottom, right) in the
+    # crop, bottom and right exclusive, already clipped at its borders; None without Cutout
 
 
 # The uniforms of one view, drawn in one call: ATTEMPTS (area, aspect) pairs, a position, a
@@ -51,6 +54,21 @@ FLIP = POSITION.stop
 JITTER = slice(FLIP + 1, FLIP + 4)
 ORDER = slice(JITTER.stop, JITTER.stop + 3)
 UNIFORMS = ORDER.stop
+# Cutout's hole centre (row, column) comes from a second call after the first, not from more
+# columns of it: a [V, UNIFORMS + 2] draw would shift every later view's uniforms, so turning
+# Cutout on would change the crops, flips and jitter of every view but the first.
+HOLE_UNIFORMS = 2
+
+
+def cutout_holes(u: np.ndarray, size: int, side: int) -> np.ndarray:
+    """DeVries & Taylor's hole from uniforms u [V, 2]: a centre uniform over the size x size
+    crop's pixels, the side x side square from centre - side // 2, clipped at the borders (so
+    a hole near an edge is smaller). Their code spans [centre - side // 2, centre + side // 2),
+    the same square for their even sides; this one is side wide for odd sides too.
+    Returns int64 [V, 4] (top, left, bottom, right), bottom and right exclusive."""
+    centre = np.minimum((u * size).astype(np.int64), size - 1)
+    start = centre - side // 2
+    return np.clip(np.concatenate([start, start + side], 1), 0, size)
 
 
 def random_resized_box(u: list[float], height: int, width: int, scale: tuple[float, float],
@@ -97,11 +115,12 @@ class Policy:
     centre_fraction: float = 1.0
     flip: bool = False
     jitter: float = 0.0      # brightness/contrast/saturation strength (0 = none)
+    cutout: int = 0          # side of the Cutout hole in pixels (0 = none)
 
     @property
     def photometric(self) -> bool:
         """Whether the device has anything to do besides normalising."""
-        return self.flip or self.jitter > 0
+        return self.flip or self.jitter > 0 or self.cutout > 0
 
     def draw(self, rng: np.random.Generator, height: int, width: int, views: int) -> ViewParams:
         uniforms = rng.random((views, UNIFORMS))
@@ -124,17 +143,23 @@ class Policy:
             order = uniforms[:, ORDER].argsort(1)
         else:
             jitter, order = np.ones((views, 3), np.float32), np.tile(np.arange(3), (views, 1))
-        return ViewParams(np.array(boxes, dtype=np.int64), flip, jitter, order)
+        holes = None
+        if self.cutout:  # drawn last: every draw above is the same with Cutout on or off
+            holes = cutout_holes(rng.random((views, HOLE_UNIFORMS)), self.size, self.cutout)
+        return ViewParams(np.array(boxes, dtype=np.int64), flip, jitter, order, holes)
 
 
 def train_policy(cfg: DataConfig) -> Policy:
+    # config.validate resolved a null cutout_size (8 for the cifar policy) and checked it
+    cutout = int(cfg.cutout_size) if cfg.cutout else 0
     if cfg.policy == "cifar":
-        # The paper's CIFAR policy: pad 4, random 32x32 crop, horizontal flip.
-        return Policy(cfg.image_size, "padded_random", pad=4, flip=True)
+        # The paper's CIFAR policy: pad 4, random 32x32 crop, horizontal flip (+ Cutout in
+        # Table 10).
+        return Policy(cfg.image_size, "padded_random", pad=4, flip=True, cutout=cutout)
     # Scale and aspect-ratio augmentation with photometric distortion (the paper cites
     # GoogLeNet's); brightness/contrast/saturation jitter as in most ResNet recipes.
     return Policy(cfg.image_size, "random_resized", scale=tuple(cfg.crop_scale), flip=True,
-                  jitter=cfg.color_jitter)
+                  jitter=cfg.color_jitter, cutout=cutout)
 
 
 def eval_policy(cfg: DataConfig) -> Policy:

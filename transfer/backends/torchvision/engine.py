@@ -15,7 +15,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
-from kdcl_common import ConfigError, DataError, KdclError, NonFiniteLossError
+from kdcl_common import ConfigError, DataError, KdclError, NonFiniteLossError, provenance
 from kdcl_common import distributed as kdist
 from kdcl_common.config import to_dict
 from kdcl_common.logs import MetricsWriter, progress
@@ -180,7 +180,8 @@ class DetectionRun:
         return {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"],
                 **{f"train/{k}": float(v) / max(steps, 1) for k, v in sums.items()},
                 "train_seconds": round(seconds, 2), "train_images": images_total,
-                "images_per_second": round(images_total / seconds, 2)}
+                "images_per_second": round(images_total / seconds, 2),
+                "peak_memory_mb": provenance.peak_memory_mb(device)}
 
     # --------------------------------------------------------------------------- evaluation
     @torch.no_grad()

@@ -1,0 +1,69 @@
+"""The acceptance command (chain/acceptance.py) in its CPU toy mode: every stage runs end to end
+through the commands a user types, and the report says what passed and what it measured."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from chain import acceptance
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "chain.acceptance", *args], capture_output=True,
+                          text=True, timeout=400, cwd=cwd)
+
+
+def test_toy_run_of_every_stage(tmp_path):
+    report_dir = tmp_path / "report"
+    proc = run("--mode", "toy", "--work", str(tmp_path / "work"), "--report", str(report_dir))
+    report = json.loads((report_dir / "report.json").read_text())
+    stages = report["stages"]
+    assert list(stages) == [s.name for s in acceptance.STAGES]
+    for name, result in stages.items():
+        if name == "detectron2" and not acceptance.importable("detectron2"):
+            assert result == {"status": "skipped", "why": "detectron2 is not installed here"}
+            continue
+        assert result["status"] == "passed", (name, result.get("error"), proc.stdout[-3000:])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    bench = stages["bench"]["measured"]
+    for case in ("kdcl", "train[decode=cpu]", "train[decode=device]"):
+        assert bench[case]["images_per_second"] > 0
+    assert set(bench["data[decode=cpu]"]["us_per_image"]) == {"read", "decode", "draw", "crop",
+                                                              "batch"}
+    assert 0 < bench["end_to_end_over_compute[decode=device]"] < 5
+    exports = stages["pretrain"]["measured"]["exports"]
+    assert set(exports) == {"resnet18", "mobilenet_v2_x0.5"}
+    assert stages["cifar_epoch"]["measured"]["epochs"] == 1
+    for name, metric in (("faster_rcnn", "bbox_AP"), ("mask_rcnn", "segm_AP"),
+                         ("sem_fpn", "mIoU"), ("upernet", "mIoU")):
+        measured = stages[name]["measured"]
+        assert metric in measured["metrics"], (name, measured)
+        assert measured["seconds_per_iteration"] > 0
+    # SyncBN in the mmseg configs falls back on the CPU, and the report says so
+    assert any("SyncBN" in line for line in stages["sem_fpn"]["fallbacks"])
+    md = (report_dir / "report.md").read_text()
+    assert "| bench | passed |" in md and "# Acceptance run (toy)" in md
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--only", "nope"], "no such stage"),
+    (["--mode", "gpu"], "needs a GPU"),
+])
+def test_bad_arguments(tmp_path, args, message):
+    if "gpu" in args:
+        import torch
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU")
+    proc = run(*args, "--work", str(tmp_path / "w"), "--report", str(tmp_path / "r"))
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_work_folder_of_something_else_is_not_replaced(tmp_path):
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "precious.txt").write_text("keep")
+    proc = run("--mode", "toy", "--work", str(tmp_path / "w"), "--report", str(tmp_path / "r"))
+    assert proc.returncode == 2 and "not empty and was not made by this command" in proc.stderr
+    assert (tmp_path / "w" / "precious.txt").read_text() == "keep"

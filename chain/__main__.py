@@ -43,6 +43,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="run only the steps of a stage (pretrain, transfer, robustness, results), a "
                              "backend (torchvision, detectron2, mmseg) or whose label contains "
                              "WHAT (e.g. kdcl_linear, smoke_mask_rcnn_fpn); repeatable")
+    parser.add_argument("--all-methods", action="store_true",
+                        help="smoke: every method with a smoke config (DML, KD, mean, "
+                             "KDCL-Naive and -Linear too; about 5 more minutes), not only those "
+                             "pretrain/registry.py marks smoke")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     return parser
 
@@ -103,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     backends = args.backends or [b for b in plan.BACKENDS if installed[b]]
     absent = [b for b in backends if not installed[b]]
     try:
-        steps = plan.select(plan.build(args.preset, seeds, backends), args.only)
+        steps = plan.select(plan.build(args.preset, seeds, backends, all_methods=args.all_methods), args.only)
     except ValueError as e:
         print(f"run_all: {e}", file=sys.stderr)
         return 2

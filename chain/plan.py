@@ -163,10 +163,12 @@ TRANSFER_NEEDS = {name: (entry.data_variable,) for name, entry in REGISTERED.ite
 PRETRAIN_NEEDS = {"smoke": (), "cifar": ("CIFAR100_ROOT",), "paper": ("IMAGENET_ROOT",)}
 
 
-def pretrain_configs(preset: str, root: Path) -> list[str]:
-    """Config names (path under pretrain/configs, no suffix), independent first, KD last."""
+def pretrain_configs(preset: str, root: Path, all_methods: bool = False) -> list[str]:
+    """Config names (path under pretrain/configs, no suffix), independent first, KD last.
+    `all_methods`: every config of the preset's folders, not only its chosen ones."""
     names = []
     for folder, chosen in PRETRAIN[preset].items():
+        chosen = None if all_methods else chosen
         base = root / "pretrain" / "configs" / folder
         files = sorted(p for p in base.rglob("*.yaml") if not p.name.startswith("_"))
         found = {str(p.relative_to(base.parent).with_suffix("")): p.stem for p in files}
@@ -200,13 +202,14 @@ def available_backends() -> dict[str, bool]:
     return {name: entry.available() for name, entry in REGISTERED.items()}
 
 
-def build(preset: str, seeds: list[int], backends: list[str], root: Path = Path(".")) -> list[Step]:
-    """Every step of a preset, in the order they must run."""
+def build(preset: str, seeds: list[int], backends: list[str], root: Path = Path("."),
+          all_methods: bool = False) -> list[Step]:
+    """Every step of a preset, in the order they must run (`all_methods`: pretrain_configs)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
     steps = []
     for seed in seeds:
-        for name in pretrain_configs(preset, root):
+        for name in pretrain_configs(preset, root, all_methods):
             steps.append(Step(
                 "pretrain", f"pretrain {name} seed{seed}",
                 ("pretrain", f"pretrain/configs/{name}.yaml", f"seed={seed}"),

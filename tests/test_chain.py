@@ -46,8 +46,11 @@ def test_smoke_plan_covers_every_task_with_a_baseline():
     assert len(transfer) == 6  # 2 backbones x (Faster R-CNN, Mask R-CNN, Semantic FPN)
     assert {s.backbone.parts[3] for s in transfer} == {"independent", "kdcl_minlogit"}
     methods = [Path(s.args[1]).stem for s in steps if s.stage == "pretrain"]
-    assert methods == ["independent", "clnn", "kdcl_general", "kdcl_linear", "kdcl_minlogit",
-                       "kdcl_naive", "one"]
+    assert methods == ["independent", "clnn", "kdcl_general", "kdcl_minlogit", "one"]
+    everything = plan.build("smoke", [0], [], ROOT, all_methods=True)
+    assert [Path(s.args[1]).stem for s in everything if s.stage == "pretrain"] == [
+        "independent", "clnn", "dml", "kdcl_general", "kdcl_linear", "kdcl_minlogit",
+        "kdcl_naive", "mean", "one", "kd"]  # KD last: its teacher is independent's export
     # Fig. 4's noise evaluation of KDCL-General's and the baseline's exports, before the tables
     assert [s.stage for s in steps[-2:]] == ["robustness", "results"]
     exports = [a for a in steps[-2].args if a.endswith(".pth")]
@@ -78,8 +81,8 @@ def test_only_selects_stages_backends_and_names():
     steps = plan.build("smoke", [0], ["torchvision", "mmseg"], ROOT)
     assert {s.stage for s in plan.select(steps, ["pretrain"])} == {"pretrain"}
     assert {s.backend for s in plan.select(steps, ["mmseg"])} == {"mmseg"}
-    linear = plan.select(steps, ["kdcl_linear"])
-    assert len(linear) == 1 and linear[0].stage == "pretrain"
+    general = plan.select(steps, ["smoke/kdcl_general seed0"])
+    assert len(general) == 1 and general[0].stage == "pretrain"
     assert plan.select(steps, []) == steps
     with pytest.raises(ValueError, match="--only nonsense matches no step.*a stage \\(pretrain, "
                                          "transfer, robustness, results\\), a backend \\(mmseg, torchvision\\)"):

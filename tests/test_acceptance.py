@@ -11,9 +11,10 @@ from chain import acceptance
 
 def run(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "chain.acceptance", *args], capture_output=True,
-                          text=True, timeout=400, cwd=cwd)
+                          text=True, timeout=850, cwd=cwd)
 
 
+@pytest.mark.timeout(900)
 def test_toy_run_of_every_stage(tmp_path):
     report_dir = tmp_path / "report"
     proc = run("--mode", "toy", "--work", str(tmp_path / "work"), "--report", str(report_dir))

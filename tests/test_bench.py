@@ -55,6 +55,7 @@ def test_reports_go_to_an_untracked_folder_by_default():
     assert "runs/bench" in bench.get_args_parser().format_help()
 
 
+@pytest.mark.slow  # 40 s; tests/test_acceptance.py runs the command (data, kdcl, train cases) too
 def test_the_command_end_to_end(tmp_path, tiny_root):
     overrides = tiny_overrides(tiny_root, tmp_path, **{"optim.batch_size": 8})
     argv = [str(SMOKE / "kdcl_naive.yaml"), *overrides, "--warmup", "1", "--windows", "2",

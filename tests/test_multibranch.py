@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import torchvision
 
 from kdcl_common import ConfigError, artifact, models
+from kdcl_common.io import load_tensors
 from pretrain import cli, config, methods, registry
 from pretrain.clnn import CLNN
 from pretrain.config import MethodConfig
@@ -236,8 +237,8 @@ def test_smoke_config_trains_and_records_every_branch(tmp_path, tiny_root, name,
         assert m["ensemble_top1"] is not None
     run_dir = tmp_path / "runs" / "smoke" / name / "seed0"
     plain = models.cifar.cifar_resnet32(num_classes=4)
-    plain.load_state_dict(torch.load(run_dir / "export" / f"{branches[0]}.pth",
-                                     weights_only=True), strict=True)
+    plain.load_state_dict(load_tensors(run_dir / "export" / f"{branches[0]}.pth", "the export"),
+                          strict=True)
     meta = json.loads((run_dir / "export" / f"{branches[0]}.json").read_text())
     assert meta["branch"] == branches[0] and meta["branches"] == branches
     assert meta["metrics"]["best_epoch"] == head["metrics"]["best_epoch"]

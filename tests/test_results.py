@@ -314,7 +314,7 @@ def test_fresh_and_foreign_transfer_records_are_kept(tmp_path):
     items = [export_record("independent", "a", 1), export_record("independent", "a", 3),
              transfer_from("independent", "a"),
              # weights from elsewhere: no pre-training record names the export
-             transfer_from("kdcl_minlogit", "c", "/elsewhere/resnet18.pth"),
+             transfer_from("kdcl_minlogit", "c", str(tmp_path / "elsewhere" / "resnet18.pth")),
              # older records carry no sha256: nothing to compare
              {**transfer("dml", 0, 31.0), "backbone_path": EXPORT.format(method="independent")}]
     source = write_jsonl(tmp_path / "records.jsonl", items)

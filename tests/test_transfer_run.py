@@ -110,10 +110,10 @@ def test_two_ranks_with_torchrun(tmp_path, tiny_coco, backbones):
     assert record["world_size"] == 2 and "segm_AP" in record["metrics"]
 
 
-def test_every_torchvision_config_loads_and_names_its_protocol(monkeypatch):
+def test_every_torchvision_config_loads_and_names_its_protocol(monkeypatch, tmp_path):
     from transfer.backends.torchvision import config
 
-    monkeypatch.setenv("COCO_ROOT", "/datasets/coco")
+    monkeypatch.setenv("COCO_ROOT", str(tmp_path / "coco"))
     paths = sorted(TV.glob("[!_]*.yaml"))
     assert len(paths) == 8  # 6 protocol configs and the acceptance check's 2
     for path in paths:

@@ -111,14 +111,19 @@ def load_tensors(path: str | os.PathLike, what: str) -> Any:
     """torch.load(path, weights_only=True) with errors that name the file. A file holding other
     Python objects (code, classes) is refused as not plain; the safety is never turned off."""
     import pickle
+    import warnings
 
     path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols: the error says it
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise KdclError(f"{what} {path} does not exist") from None
     except pickle.UnpicklingError as e:
-        if "Unsupported global" not in str(e):  # not objects, but bytes that are no pickle
+        # torch words a refused class or function as "Unsupported global: GLOBAL m.f" or
+        # "unsupported GLOBAL m.f whose module m is blocked"; anything else is no readable pickle
+        if "global" not in str(e).lower():
             raise KdclError(f"{path} cannot be read as a PyTorch {what}: it may be truncated "
                             f"or not a .pth file") from None
         raise KdclError(f"{path} is not a plain {what}: it holds Python objects other than "

@@ -1,5 +1,6 @@
 """Architectures and the backbone artifact contract."""
 import json
+import os
 
 import pytest
 import torch
@@ -85,9 +86,20 @@ def test_artifact_errors(tmp_path):
         artifact.load(tmp_path / "resnet18.pth")
 
 
-def test_a_pth_with_code_in_it_is_refused_by_name_without_unsafe_advice(tmp_path):
+class PrintOnLoad:
+    def __reduce__(self):
+        return (print, ("this would have run",))
+
+
+class ShellOnLoad:
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+@pytest.mark.parametrize("Exploit", [PrintOnLoad, ShellOnLoad])
+def test_a_pth_with_code_in_it_is_refused_by_name_without_unsafe_advice(tmp_path, Exploit):
     """A pickle that would run code on load: named, called not plain, and torch's advice to set
-    weights_only=False is not passed on."""
+    weights_only=False is not passed on (torch words a builtin and a blocked module apart)."""
     from kdcl_common import identity
     from kdcl_common.io import sha256_file
 
@@ -105,8 +117,3 @@ def test_a_pth_with_code_in_it_is_refused_by_name_without_unsafe_advice(tmp_path
     identity.metadata_path(weights).write_text(json.dumps({**meta, "sha256": sha256_file(weights)}))
     with pytest.raises(KdclError, match="cannot be read as a PyTorch state_dict"):
         artifact.load(weights)
-
-
-class Exploit:
-    def __reduce__(self):
-        return (print, ("this would have run",))

@@ -124,7 +124,7 @@ BENCH_WINDOWS = {"gpu": (5, 3, 10), "toy": (1, 1, 2)}
 
 def imagenet_data(ctx: Context) -> list[str]:
     toy = ["data.held_out_per_class=0", "data.workers=1", "optim.batch_size=8"]
-    return [f"data.dataset=imagefolder", f"data.root={ctx.path('imagenet')}",
+    return ["data.dataset=imagefolder", f"data.root={ctx.path('imagenet')}",
             *([] if ctx.gpu else toy)]
 
 
@@ -492,7 +492,7 @@ def markdown(report: dict) -> str:
              f"Total {report.get('seconds', 0):.0f} s"
              + (f", {report['jobs']} stages at a time (their times are not measurements)"
                 if report.get("jobs", 1) > 1 else "") + f". Command: `{report['command']}`", "",
-             *([f"Set-up before it (scripts/gpu_check.sh), seconds: " + ", ".join(
+             *(["Set-up before it (scripts/gpu_check.sh), seconds: " + ", ".join(
                  f"{k} {v}" for k, v in report["setup_seconds"].items()), ""]
                if report.get("setup_seconds") else []),
              "| stage | status | seconds | measured |", "|---|---|---|---|"]

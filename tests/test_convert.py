@@ -4,7 +4,7 @@ import pickle
 import pytest
 import torch
 
-from kdcl_common import ConfigError, artifact, models
+from kdcl_common import models
 from transfer import convert
 from transfer.backends.torchvision import models as detectors
 from transfer.backends.torchvision.config import ModelConfig

@@ -176,6 +176,19 @@ def test_detectron2_refuses_a_backbone_of_another_architecture(tmp_path, capsys)
 
 
 @needs_d2
+def test_detectron2_names_splits_with_other_categories(tmp_path, tiny_coco, capsys):
+    from .test_transfer_run import coco_with_other_val_categories
+
+    root = coco_with_other_val_categories(tiny_coco, tmp_path)
+    backbone = make_backbone(tmp_path, "resnet18")
+    assert cli.main([str(D2_CONFIGS / "faster_rcnn_R18_FPN_smoke.yaml"), "--backbone",
+                     str(backbone), f"KDCL.DATA_ROOT={root}", "KDCL.SYNTHETIC=False",
+                     f"KDCL.OUTPUT_ROOT={tmp_path / 'runs'}"]) == 2
+    assert "the categories of train2017 and val2017 differ" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+@needs_d2
 def test_syncbn_falls_back_to_bn_in_one_process():
     import logging
 

@@ -231,6 +231,28 @@ def test_an_empty_training_split_says_so(tmp_path, tiny_coco, backbones, capsys)
     assert not (tmp_path / "runs").exists()
 
 
+def coco_with_other_val_categories(tiny_coco, tmp_path):
+    """The tiny scenes, with one category (and its objects) left out of val2017."""
+    root = tmp_path / "coco"
+    shutil.copytree(tiny_coco, root, symlinks=True)
+    file = root / "annotations" / "instances_val2017.json"
+    data = json.loads(file.read_text())
+    dropped = data["categories"].pop()["id"]
+    data["annotations"] = [a for a in data["annotations"] if a["category_id"] != dropped]
+    file.write_text(json.dumps(data))
+    return root
+
+
+def test_splits_with_other_categories_are_named(tmp_path, tiny_coco, backbones, capsys):
+    root = coco_with_other_val_categories(tiny_coco, tmp_path)
+    assert run("smoke_faster_rcnn_fpn", backbones["resnet18"], root, tmp_path,
+               "data.dataset=coco") == 2
+    err = capsys.readouterr().err
+    assert "the categories of train2017 and val2017 differ" in err
+    assert "Both splits must come from one dataset" in err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_no_record_from_an_evaluation_of_nothing(tmp_path, tiny_coco, backbones, monkeypatch,
                                                  capsys):
     from transfer.backends.torchvision import engine

@@ -89,6 +89,16 @@ def validate(dataset: dict, source: Path | str = "annotations") -> None:
         _validate_segmentation(ann.get("segmentation"), image, where)
 
 
+def check_same_categories(train_split: str, train_ids: list[int], val_split: str,
+                          val_ids: list[int]) -> None:
+    """Training and evaluation must share one category list: a model's class k is the
+    evaluation's category k."""
+    if train_ids != val_ids:
+        raise DataError(f"the categories of {train_split} and {val_split} differ: {train_ids} "
+                        f"vs {val_ids}. Both splits must come from one dataset, with the same "
+                        f"'categories' in their annotation files.")
+
+
 def _validate_segmentation(seg, image: dict, where: str) -> None:
     if seg is None:
         return  # boxes only: fine for detection, rejected when masks are needed

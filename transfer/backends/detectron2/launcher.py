@@ -113,23 +113,19 @@ def register_datasets(cfg) -> int:
     number of object categories."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.datasets import register_coco_instances
-    from ...coco.dataset import load_coco, split_paths
+    from ...coco.dataset import check_same_categories, load_coco, split_paths
 
-    root = cfg.KDCL.DATA_ROOT
-    categories = None
-    for name, split in zip(SPLITS, (cfg.KDCL.TRAIN_SPLIT, cfg.KDCL.VAL_SPLIT)):
-        images, annotations = split_paths(root, split)
-        coco = load_coco(annotations)  # validates every annotation first, naming bad ones
-        ids = sorted(coco.getCatIds())
-        if categories is not None and ids != categories:
-            raise KdclError(f"the categories of {cfg.KDCL.TRAIN_SPLIT} and {cfg.KDCL.VAL_SPLIT} "
-                            f"differ: {categories} vs {ids}")
-        categories = ids
+    splits = (cfg.KDCL.TRAIN_SPLIT, cfg.KDCL.VAL_SPLIT)
+    paths = [split_paths(cfg.KDCL.DATA_ROOT, split) for split in splits]
+    # validates every annotation first, naming bad ones
+    ids = [sorted(load_coco(labels).getCatIds()) for _, labels in paths]
+    check_same_categories(splits[0], ids[0], splits[1], ids[1])
+    for name, (images, labels) in zip(SPLITS, paths):
         if name in DatasetCatalog.list():
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
-        register_coco_instances(name, {}, str(annotations), str(images))
-    return len(categories)
+        register_coco_instances(name, {}, str(labels), str(images))
+    return len(ids[0])
 
 
 # -------------------------------------------------------------------------------- training

@@ -15,17 +15,8 @@ import os
 import warnings
 from pathlib import Path
 
-from kdcl_common import ConfigError, DataError, KdclError
+from kdcl_common import ConfigError, DataError
 from kdcl_common.config import parse_overrides
-
-
-def require_mmseg() -> None:
-    try:
-        import mmcv.ops  # noqa: F401  (mmseg needs mmcv's compiled ops)
-        import mmseg  # noqa: F401
-    except ImportError as e:
-        raise KdclError(f"mmsegmentation cannot be imported ({e}). It needs mmcv 2.1.0 compiled "
-                        f"with its ops: run `bash scripts/setup.sh` (or see README, Set-up)") from None
 
 
 # ------------------------------------------------------------------------------------ config

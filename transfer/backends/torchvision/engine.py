@@ -15,7 +15,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
-from kdcl_common import ConfigError, DataError, KdclError, NonFiniteLossError, provenance
+from kdcl_common import ConfigError, DataError, NonFiniteLossError, provenance
 from kdcl_common import distributed as kdist
 from kdcl_common.config import to_dict
 from kdcl_common.logs import MetricsWriter, progress
@@ -24,7 +24,7 @@ from kdcl_common.schedule import learning_rate
 
 from ...coco import evaluate as coco_eval
 from ...coco import synthetic
-from ...coco.dataset import CocoDetection, collate
+from ...coco.dataset import CocoDetection, check_same_categories, collate
 from ...lifecycle import TransferRun
 from . import models as detectors
 from .config import CHECKPOINTS, RECOVERY, TransferConfig
@@ -84,9 +84,8 @@ class DetectionRun:
             raise DataError(f"{cfg.data.train_split} of {cfg.data.root} has no image with a "
                             f"training target (a non-crowd box of at least 1x1 pixel): nothing "
                             f"to fine-tune on. Check data.train_split and its annotations.")
-        if self.train_set.category_ids != self.val_set.category_ids:
-            raise KdclError(f"the categories of {cfg.data.train_split} and {cfg.data.val_split} "
-                            f"differ: {self.train_set.category_ids} vs {self.val_set.category_ids}")
+        check_same_categories(cfg.data.train_split, self.train_set.category_ids,
+                              cfg.data.val_split, self.val_set.category_ids)
         pin = ctx.device.type == "cuda"
         self.train_loader = _loader(
             self.train_set, GlobalBatchSampler(len(self.train_set), cfg.optim.batch_size,

@@ -119,8 +119,10 @@ class RunFolder:
                             f"weights or another config. {restart}.")
         inputs, diff = self._differences(saved)
         if inputs:
+            also = "\nand its config differs too\n" + "\n".join(diff) if diff else ""
             raise KdclError(f"refusing to resume {self.path}: it was made from other weights\n  "
-                            + "\n  ".join(inputs) + f"\nIts result stays as it is. {restart} "
+                            + "\n  ".join(inputs) + also
+                            + f"\nIts result stays as it is. {restart} "
                             f"with these weights, or make a separate run with "
                             f"{self.policy.other_run}.")
         if diff:
@@ -161,7 +163,8 @@ class RunFolder:
             return "todo", ""
         inputs, diff = self._differences(saved)
         if inputs:
-            return "stale", "made from other weights: " + "; ".join(inputs)
+            also = "; its config changed too: " + "; ".join(l.strip() for l in diff) if diff else ""
+            return "stale", "made from other weights: " + "; ".join(inputs) + also
         if diff:
             return "stale", "its config changed: " + "; ".join(line.strip() for line in diff)
         return ("done", "") if self.finished else ("todo", "")

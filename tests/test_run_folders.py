@@ -75,6 +75,12 @@ def test_a_kd_run_is_identified_by_its_teachers_weights(tmp_path, tiny_root, cap
     assert "refusing to resume" in err and "made from other weights" in err
     assert f"teacher {teacher}: sha256 {before_meta['sha256'][:12]} -> " in err
     assert "--restart archives it" in err
+    # other weights and another config: both are named
+    assert run_cli("kd", tiny_root, tmp_path, f"method.teacher={teacher}", "optim.lr=0.5",
+                   flag="--resume") == 2
+    err = capsys.readouterr().err
+    assert "made from other weights" in err and "and its config differs too" in err
+    assert "optim.lr: 0.02 -> 0.5" in err
     assert snapshot(run_dir) == before
     # --restart archives the old run (nothing deleted) and runs again from the new teacher
     assert run_cli("kd", tiny_root, tmp_path, f"method.teacher={teacher}", flag="--restart") == 0

@@ -42,8 +42,8 @@ def _copy(value: Any) -> Any:
 
 # --------------------------------------------------------------------------------------- loading
 class _Loader(yaml.SafeLoader):
-    """YAML 1.2 booleans: only true/false. YAML 1.1 also reads on/off/yes/no as booleans, which
-    turns `amp: off` into False."""
+    """YAML 1.2 booleans and floats. YAML 1.1 also reads on/off/yes/no as booleans, which turns
+    `amp: off` into False, and reads a float without a dot (`lr=1e-3`) as a string."""
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -52,6 +52,9 @@ _Loader.yaml_implicit_resolvers = {
 _Loader.add_implicit_resolver("tag:yaml.org,2002:bool",
                               re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
                               list("tTfF"))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
 
 
 def load_yaml(text: str) -> Any:

@@ -107,6 +107,16 @@ def test_yaml_reads_only_true_and_false_as_booleans():
         ("train.amp", "off"), ("x", True), ("lr", 1e-4)]
 
 
+def test_yaml_reads_floats_without_a_dot():
+    """YAML 1.1 reads `1e-3` as a string; mmseg's typed overrides then refused lr=1e-3."""
+    from kdcl_common.config import load_yaml, parse_overrides
+
+    assert load_yaml("a: 1e-3\nb: -2E+5\nc: 1e30\nd: 10\ne: 1_000\nf: 1e\ng: e5") == {
+        "a": 0.001, "b": -2e5, "c": 1e30, "d": 10, "e": 1000, "f": "1e", "g": "e5"}
+    assert parse_overrides(["optim_wrapper.optimizer.lr=1e-3"]) == [
+        ("optim_wrapper.optimizer.lr", 0.001)]
+
+
 @pytest.mark.parametrize("overrides,message", [
     (["optim.lr=-1"], "optim.lr=-1.0 must be > 0"),
     (["optim.lr=0"], "optim.lr=0.0 must be > 0"),

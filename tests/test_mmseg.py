@@ -214,6 +214,20 @@ def test_an_override_of_the_wrong_type_is_named(tmp_path, tiny_coco, backbones, 
     assert "Traceback" not in err
 
 
+def test_a_nan_loss_stops_the_run_without_a_record(tmp_path, tiny_coco, backbones, capsys):
+    """mmengine trains on through NaN; the run would then record the mIoU of NaN weights."""
+    assert run("sem-fpn_r18_smoke", backbones["resnet18"], tiny_coco, tmp_path,
+               "optim_wrapper.optimizer.lr=1e30") == 2
+    err = capsys.readouterr().err
+    assert "the segmentation loss became NaN/inf at iteration" in err
+    assert "run the same command with the new value and --restart" in err
+    assert not (tmp_path / "records.jsonl").exists()
+    (run_dir,) = (tmp_path / "runs").rglob("seed0")
+    assert not (run_dir / "result.json").exists()
+    assert json.loads((run_dir / "run.json").read_text())["stopped"]["reason"] == "non-finite loss"
+    assert not launcher.checkpoints(run_dir)  # none holds NaN weights
+
+
 @pytest.mark.distributed
 def test_two_ranks_with_torchrun(tmp_path, tiny_coco, backbones):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

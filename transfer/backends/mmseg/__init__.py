@@ -115,7 +115,7 @@ class Backend(Base):
             cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None,
                                          broadcast_buffers=False)
         cfg.custom_hooks = [*cfg.get("custom_hooks", []), dict(type="KdclMetricsHook"),
-                            dict(type="PlainCheckpointHook")]
+                            dict(type="PlainCheckpointHook"), dict(type="StopOnNonFiniteLoss")]
         extensions.use_atomic_local_writes()
         return cfg
 

@@ -3,6 +3,8 @@
 - `CheckSegLabels`, a transform that stops on a label map whose values fall outside the classes
   (other than the ignore index) or whose size differs from its image's, naming the file;
 - `KdclMetricsHook`, which keeps the last validation metrics for the result record;
+- `StopOnNonFiniteLoss`: mmengine trains on through a NaN loss, and the run would then record
+  the mIoU of NaN weights;
 - `PlainCheckpointHook`, which keeps mmengine's checkpoints loadable with torch's default
   weights_only=True (torch >= 2.6), so resuming needs no unsafe unpickling;
 - atomic local writes for mmengine's file backend, so checkpoints are never half written.
@@ -17,8 +19,14 @@ from mmengine.fileio.backends import LocalBackend, register_backend
 from mmengine.hooks import Hook
 from mmseg.registry import HOOKS, TRANSFORMS
 
-from kdcl_common import DataError
+from kdcl_common import DataError, NonFiniteLossError
 from kdcl_common.io import atomic_write_bytes
+
+RECOVERY_ADVICE = ("Lower optim_wrapper.optimizer.lr or lengthen the warm-up in param_scheduler, "
+                   "and run the same command with the new value and --restart, which archives "
+                   "this run (nothing is deleted) and fine-tunes the backbone again. --resume "
+                   "cannot take a new learning rate here: mmengine restores the old one from "
+                   "the checkpoint.")
 
 
 @TRANSFORMS.register_module()
@@ -66,6 +74,39 @@ class KdclMetricsHook(Hook):
     def after_val_epoch(self, runner, metrics=None) -> None:
         self.metrics = dict(metrics or {})
         self.images = len(runner.val_dataloader.dataset)
+
+
+@HOOKS.register_module()
+class StopOnNonFiniteLoss(Hook):
+    """Stops at the first NaN/inf training loss, before a checkpoint of that iteration is saved
+    (CheckpointHook runs after it). The loss is already a host number for mmengine's log, so
+    the check adds no device sync; on several processes the ranks agree through one all-reduce
+    of a flag, so none is left waiting in the next step's."""
+
+    priority = "HIGH"
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        import torch
+        import torch.distributed as dist
+
+        loss = (outputs or {}).get("loss")
+        if loss is None:
+            return
+        finite = torch.isfinite(torch.as_tensor(loss).detach()).all()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            flag = finite.to(torch.int32)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            finite = flag.bool()
+        if bool(finite):
+            return
+        from .launcher import checkpoints
+
+        saved = checkpoints(Path(runner.work_dir))
+        kept = (f"the last checkpoint, {saved[-1]}, is kept" if saved
+                else "no checkpoint had been written yet")
+        raise NonFiniteLossError(f"the segmentation loss became NaN/inf at iteration "
+                                 f"{runner.iter + 1} of {runner.max_iters}; training stopped "
+                                 f"and {kept}. {RECOVERY_ADVICE}")
 
 
 def _plain(value):

@@ -83,6 +83,11 @@ def read_metadata(path: str | os.PathLike) -> dict:
 
 def verified_metadata(path: str | os.PathLike) -> tuple[Path, dict]:
     """(the .pth, its metadata) with the file's sha256 checked against the metadata's."""
+    if Path(path).is_dir():
+        found = sorted(p.name for p in Path(path).glob("*.pth"))
+        raise KdclError(f"{path} is a folder, not a backbone file: name one of its .pth files ("
+                        + (", ".join(found) if found else "it holds none; an export folder "
+                           "holds <student>.pth beside <student>.json") + ")")
     path = Path(path).with_suffix(".pth")
     if not path.is_file():
         raise KdclError(f"backbone weights not found: {path}")

@@ -188,6 +188,13 @@ def validate(cfg: PretrainConfig) -> None:
         if not ok:
             raise ConfigError(f"{key}={value!r} must be {rule}")
 
+    need("seed", cfg.seed, cfg.seed >= 0, ">= 0 (the run folder is seed<n>, and every random "
+         "draw derives from it)")
+    for i, student in enumerate(cfg.students):
+        if student.name is not None and (not student.name.strip() or "/" in student.name
+                                         or student.name in (".", "..")):
+            raise ConfigError(f"students.{i}.name={student.name!r} must be a plain file name "
+                              f"(the export is export/<name>.pth), e.g. resnet18_a")
     data = cfg.data
     need("data.workers", data.workers, data.workers >= 0,
          ">= 0 (0: load in the training process)")

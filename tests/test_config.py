@@ -146,6 +146,10 @@ def test_yaml_reads_floats_without_a_dot():
     (["method.kd_weight=-1"], "method.kd_weight=-1.0 must be >= 0"),
     (["train.log_interval=0"], "train.log_interval=0 must be > 0"),
     (["method.temperature=0"], "method.temperature must be > 0, got 0.0"),
+    (["seed=-1"], "seed=-1 must be >= 0"),
+    (["name=../../elsewhere"], "name='../../elsewhere' must be a relative path that stays inside"),
+    (["name=/tmp/x"], "name='/tmp/x' must be a relative path"),
+    (["students.0.name=../r18"], "students.0.name='../r18' must be a plain file name"),
 ])
 def test_nonsense_numbers_stop_with_the_key_and_the_rule(overrides, message, capsys):
     """Exit code 2 and one line naming the key, its value and what it must be; no traceback."""

@@ -176,6 +176,15 @@ def test_detectron2_refuses_a_backbone_of_another_architecture(tmp_path, capsys)
 
 
 @needs_d2
+def test_detectron2_refuses_a_random_seed(tmp_path, capsys):
+    """Detectron2 reads a negative SEED as "draw one": a run that cannot be repeated."""
+    backbone = make_backbone(tmp_path, "resnet18")
+    assert cli.main([str(D2_CONFIGS / "faster_rcnn_R18_FPN_smoke.yaml"), "--backbone",
+                     str(backbone), "SEED=-1", "--print-config"]) == 2
+    assert "SEED=-1 must be an integer >= 0" in capsys.readouterr().err
+
+
+@needs_d2
 def test_detectron2_names_splits_with_other_categories(tmp_path, tiny_coco, capsys):
     from .test_transfer_run import coco_with_other_val_categories
 

@@ -212,6 +212,9 @@ def test_an_override_of_the_wrong_type_is_named(tmp_path, tiny_coco, backbones, 
     err = capsys.readouterr().err
     assert "train_cfg.max_iters='ten': expected an integer, like its current value 4" in err
     assert "Traceback" not in err
+    assert run("sem-fpn_r18_smoke", backbones["resnet18"], tiny_coco, tmp_path,
+               "randomness.seed=-1") == 2
+    assert "randomness.seed=-1 must be an integer >= 0" in capsys.readouterr().err
 
 
 def test_a_nan_loss_stops_the_run_without_a_record(tmp_path, tiny_coco, backbones, capsys):

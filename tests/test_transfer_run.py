@@ -90,6 +90,14 @@ def test_bad_input_messages(tmp_path, tiny_coco, backbones, capsys):
     assert "which cannot serve as a detection or segmentation backbone" in capsys.readouterr().err
     assert run("smoke_faster_rcnn_fpn", backbone, tiny_coco, tmp_path, "model.detektor=x") == 2
     assert "Did you mean 'model.detector'" in capsys.readouterr().err
+    assert run("smoke_faster_rcnn_fpn", backbone.parent, tiny_coco, tmp_path) == 2
+    assert f"{backbone.parent} is a folder, not a backbone file: name one of its .pth files " \
+           f"(mobilenet_v2_x0.5.pth, resnet18.pth)" in capsys.readouterr().err
+    assert run("smoke_faster_rcnn_fpn", backbone, tiny_coco, tmp_path, "seed=-1") == 2
+    assert "seed=-1 must be an integer >= 0" in capsys.readouterr().err
+    assert run("smoke_faster_rcnn_fpn", backbone, tiny_coco, tmp_path, "name=../x") == 2
+    assert "name='../x' must be a relative path" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_syncbn_falls_back_with_a_warning(tmp_path, tiny_coco, backbones, capsys):

@@ -18,7 +18,8 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from kdcl_common import DataError, KdclError, NonFiniteLossError, artifact, identity, models
+from kdcl_common import (ConfigError, DataError, KdclError, NonFiniteLossError, artifact,
+                         identity, models)
 from kdcl_common import distributed as kdist
 from kdcl_common import records
 from kdcl_common.distributed import DistContext
@@ -128,6 +129,10 @@ def resolve(backend: Backend, config: Path, overrides: list[str], backbone: Path
     check_architecture(backend, meta, backbone)
     backend.fit_backbone(meta, backbone)
     spec = backend.spec()
+    if not isinstance(spec.seed, int) or isinstance(spec.seed, bool) or spec.seed < 0:
+        # Detectron2 reads a negative SEED as "draw one at random": a run nobody can repeat
+        raise ConfigError(f"{spec.seed_key}={spec.seed!r} must be an integer >= 0: the run "
+                          f"folder is seed<n>, and the run must be repeatable from it")
     folder = RunFolder(naming.run_dir(spec.output_root, spec.name, meta, backbone, spec.seed),
                        policy(backend, spec),
                        Identity(spec.config, {"backbone": {"path": str(backbone),

@@ -45,6 +45,7 @@ class Spec:
     recovery_keys: tuple[str, ...] = ()    # ... and on the --resume after a non-finite stop
     evaluation_keys: tuple[str, ...] = ()  # may change for --eval-only ('key.*': everything below)
     other_run: str = "seed=<n>"            # how to make a separate run of the same config
+    seed_key: str = "seed"                 # the config key that holds `seed`
     evaluation_split: str = "val"          # names eval-<split>.json
     temporaries: tuple[str, ...] = ()      # the framework's own partial files (globs)
     extra: dict | None = None              # backend fields for the result record

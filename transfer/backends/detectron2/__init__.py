@@ -86,6 +86,7 @@ class Backend(Base):
             recovery_keys=("SOLVER.BASE_LR", "SOLVER.WARMUP_ITERS", "SOLVER.WARMUP_FACTOR"),
             evaluation_keys=("KDCL.VAL_SPLIT", "TEST.*"),
             other_run="SEED=<n>, or a copy of the config under another name",
+            seed_key="SEED",
             evaluation_split=cfg.KDCL.VAL_SPLIT, temporaries=(".*.partial.pth",),
             extra={"detector": "mask_rcnn" if cfg.MODEL.MASK_ON else "faster_rcnn",
                    "iterations": cfg.SOLVER.MAX_ITER,

@@ -68,6 +68,7 @@ class Backend(Base):
             config_text=cfg.pretty_text, config_file="config.py", resumable_keys=RESUMABLE,
             evaluation_keys=EVALUATION,
             other_run="randomness.seed=<n>, or a copy of the config under another name",
+            seed_key="randomness.seed",
             extra={"head": cfg.model.decode_head.type, "iterations": cfg.train_cfg.max_iters,
                    "classes": len(self.classes)})
 

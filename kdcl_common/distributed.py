@@ -59,6 +59,19 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def earliest_across_ranks(first_bad: torch.Tensor) -> torch.Tensor:
+    """Per element, the earliest step at which any rank saw a non-finite loss (-1: none), the
+    same on every rank. Ranks must agree to stop: one that stopped alone would leave the others
+    waiting in their next all-reduce (their own loss turns NaN only a step later, through the
+    averaged gradients)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return first_bad
+    none = torch.iinfo(first_bad.dtype).max
+    earliest = torch.where(first_bad >= 0, first_bad, none)
+    dist.all_reduce(earliest, op=dist.ReduceOp.MIN)
+    return torch.where(earliest == none, -1, earliest)
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum across ranks, in place; a no-op in a single process."""
     if dist.is_initialized() and dist.get_world_size() > 1:

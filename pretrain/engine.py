@@ -160,7 +160,7 @@ class Trainer:
             first_bad.copy_(torch.where(~finite & (first_bad < 0), step, first_bad))
 
     def _check_finite(self, first_bad: torch.Tensor, epoch: int, steps: int) -> None:
-        bad = first_bad.tolist()
+        bad = kdist.earliest_across_ranks(first_bad).tolist()
         for name, step in zip(self.names, bad):
             if step >= 0:
                 last = CHECKPOINTS.path(self.cfg.run_dir)

@@ -1,5 +1,8 @@
 """Shared fixtures: a tiny generated dataset and config overrides that make a full
 pre-training run take seconds."""
+import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -85,3 +88,19 @@ def tiny_mmseg_overrides(root: Path, out: Path, iters: int = 4, **extra) -> list
                        f"{loader}.persistent_workers": False})
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+def run_command(cmd: list[str], timeout: float = 240, **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run for commands that start processes (torchrun): past `timeout` the whole
+    process group is killed and the test fails with the tail of what it printed, so that a hang
+    shows where it stopped (within the suite's own per-test timeout of 300 s)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, **kwargs)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{' '.join(map(str, cmd[:8]))} ... did not finish in {timeout} s; "
+                    f"its last output:\n{(out + err)[-4000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

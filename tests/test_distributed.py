@@ -1,7 +1,6 @@
 """torchrun with 2 CPU processes (gloo)."""
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -9,7 +8,7 @@ import torch
 
 from kdcl_common import models
 
-from .conftest import REPO, SMOKE, tiny_overrides
+from .conftest import REPO, SMOKE, run_command, tiny_overrides
 
 pytestmark = pytest.mark.distributed
 
@@ -18,7 +17,7 @@ def launch(nproc, config, overrides, out):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={nproc}", "-m", "pretrain", str(config), *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    done = run_command(cmd, cwd=REPO, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -62,3 +61,25 @@ def test_one_step_on_two_ranks_equals_one_step_on_one_rank(tmp_path, tiny_root):
     top1 = [json.loads((exports[n] / "cifar_resnet20.json").read_text())["metrics"]["top1"]
             for n in (1, 2)]
     assert top1[0] == top1[1]
+
+
+def _earliest_bad_step(rank: int, init_file: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from kdcl_common import distributed as kdist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    local = torch.tensor([[-1, 7, -1, 5], [3, -1, -1, 9]][rank])
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump(kdist.earliest_across_ranks(local).tolist(), f)
+    dist.destroy_process_group()
+
+
+def test_ranks_agree_on_the_first_non_finite_step(tmp_path):
+    """A NaN on one rank stops every rank at once (alone, it would leave the other waiting in
+    its next all-reduce), at the earliest step any rank saw."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_earliest_bad_step, args=(str(tmp_path / "init"), str(tmp_path / "out")), nprocs=2)
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"out.{rank}").read_text()) == [3, 7, -1, 5]

@@ -18,7 +18,7 @@ from kdcl_common import artifact
 from transfer import cli, convert
 from transfer.backends.mmseg import launcher
 
-from .conftest import REPO, make_backbone, tiny_mmseg_overrides
+from .conftest import REPO, make_backbone, run_command, tiny_mmseg_overrides
 
 MMSEG = REPO / "transfer" / "configs" / "mmseg"
 EXPERIMENTS = sorted(MMSEG.glob("*.py"))
@@ -236,8 +236,7 @@ def test_two_ranks_with_torchrun(tmp_path, tiny_coco, backbones):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "transfer", str(MMSEG / "sem-fpn_r18_smoke.py"), "--backbone",
            str(backbones["resnet18"]), *tiny_mmseg_overrides(tiny_coco, tmp_path)]
-    done = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          capture_output=True, text=True, timeout=300)
+    done = run_command(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     (record,) = [json.loads(l) for l in (tmp_path / "records.jsonl").read_text().splitlines()]
     assert record["world_size"] == 2 and record["metrics"]["mIoU"] is not None

@@ -2,7 +2,6 @@
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import pytest
 
 from transfer import cli
 
-from .conftest import REPO, make_backbone, tiny_transfer_overrides
+from .conftest import REPO, make_backbone, run_command, tiny_transfer_overrides
 
 TV = REPO / "transfer" / "configs" / "torchvision"
 
@@ -111,8 +110,7 @@ def test_two_ranks_with_torchrun(tmp_path, tiny_coco, backbones):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "transfer", str(TV / "smoke_mask_rcnn_fpn.yaml"), "--backbone",
            str(backbones["resnet18"]), *tiny_transfer_overrides(tiny_coco, tmp_path)]
-    done = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          capture_output=True, text=True, timeout=300)
+    done = run_command(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     (record,) = records(tmp_path)
     assert record["world_size"] == 2 and "segm_AP" in record["metrics"]

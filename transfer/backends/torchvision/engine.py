@@ -160,13 +160,14 @@ class DetectionRun:
                                             step, first_bad))
             seen += len(images)
             if (i + 1) % cfg.train.log_interval == 0 or i + 1 == steps:
-                if int(first_bad) >= 0:
+                bad = int(kdist.earliest_across_ranks(first_bad))
+                if bad >= 0:
                     last = CHECKPOINTS.path(self.run_dir)
                     kept = (f"the last good checkpoint is {last} (not overwritten)"
                             if last.is_file() else "no checkpoint had been written yet")
                     raise NonFiniteLossError(
                         f"the detection loss became NaN/inf at epoch {epoch + 1}, step "
-                        f"{int(first_bad) - epoch * steps + 1} of {steps}; training stopped and "
+                        f"{bad - epoch * steps + 1} of {steps}; training stopped and "
                         f"{kept}. {RECOVERY_ADVICE}")
                 now = {k: float(v) for k, v in sums.items()}
                 n = (i + 1) - window.get("_step", 0)

@@ -21,7 +21,6 @@ import shlex
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 from . import plan
@@ -100,8 +99,6 @@ def environment_ready() -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     os.chdir(ROOT)
-    # deciding steps' states imports mmengine/Detectron2, which warn about setuptools' API
-    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
     seeds = args.seeds or ([0, 1, 2, 3, 4] if args.preset == "cifar" else [0])
     installed = plan.available_backends()
     backends = args.backends or [b for b in plan.BACKENDS if installed[b]]

@@ -141,16 +141,17 @@ def load_named(schema: type[T], path: str | Path, overrides: list[str], config_r
             cfg.name = str(path.relative_to(config_root).with_suffix(""))
         except ValueError:
             cfg.name = path.stem
-    check_relative_name("name", cfg.name, "smoke/kdcl_naive or my_sweep/lr0.05")
+    check_run_name(cfg.name)
     return cfg
 
 
-def check_relative_name(key: str, name: str, example: str) -> None:
-    """`name` becomes part of a path below an output folder: it must stay inside it."""
+def check_run_name(name: str) -> None:
+    """A run's name is a path below the output folder: it must stay inside it."""
     parts = Path(name).parts
     if not name.strip() or Path(name).is_absolute() or ".." in parts or "." in parts:
-        raise ConfigError(f"{key}={name!r} must be a relative path that stays inside the output "
-                          f"folder (no leading '/', no '.' or '..'), e.g. {example}")
+        raise ConfigError(f"name={name!r} must be a relative path that stays inside the output "
+                          f"folder (no leading '/', no '.' or '..'), e.g. smoke/kdcl_naive or "
+                          f"my_sweep/lr0.05")
 
 
 def check_choice(key: str, value: Any, allowed) -> None:

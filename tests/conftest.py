@@ -3,6 +3,7 @@ pre-training run take seconds."""
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,17 +91,22 @@ def tiny_mmseg_overrides(root: Path, out: Path, iters: int = 4, **extra) -> list
     return [f"{k}={v}" for k, v in values.items()]
 
 
-def run_command(cmd: list[str], timeout: float = 240, **kwargs) -> subprocess.CompletedProcess:
-    """subprocess.run for commands that start processes (torchrun): past `timeout` the whole
-    process group is killed and the test fails with the tail of what it printed, so that a hang
-    shows where it stopped (within the suite's own per-test timeout of 300 s)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, **kwargs)
+def torchrun(nproc: int, module: str, *args, timeout: float = 240) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node nproc -m module args` from the repository, one
+    thread per process, asserted to succeed. Past `timeout` the whole process group is killed
+    and the test fails with the tail of what it printed, so that a hang shows where it stopped
+    (within the suite's own per-test timeout of 300 s)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", module, *map(str, args)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
-        pytest.fail(f"{' '.join(map(str, cmd[:8]))} ... did not finish in {timeout} s; "
-                    f"its last output:\n{(out + err)[-4000:]}")
+        pytest.fail(f"torchrun -m {module} did not finish in {timeout} s; its last output:\n"
+                    f"{(out + err)[-4000:]}")
+    assert proc.returncode == 0, (out + err)[-3000:]
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

@@ -1,34 +1,24 @@
 """torchrun with 2 CPU processes (gloo)."""
 import json
-import os
-import sys
 
 import pytest
 import torch
 
 from kdcl_common import models
+from kdcl_common.io import load_tensors
 
-from .conftest import REPO, SMOKE, run_command, tiny_overrides
+from .conftest import SMOKE, tiny_overrides, torchrun
 
 pytestmark = pytest.mark.distributed
 
 
-def launch(nproc, config, overrides, out):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", "-m", "pretrain", str(config), *overrides]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = run_command(cmd, cwd=REPO, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
-
-
 def test_two_ranks_train_and_export(tmp_path, tiny_root):
-    launch(2, SMOKE / "kdcl_general.yaml",
-           tiny_overrides(tiny_root, tmp_path, **{"optim.epochs": 1}), tmp_path)
+    torchrun(2, "pretrain", SMOKE / "kdcl_general.yaml",
+             *tiny_overrides(tiny_root, tmp_path, **{"optim.epochs": 1}))
     records = [json.loads(l) for l in (tmp_path / "records.jsonl").read_text().splitlines()]
     assert len(records) == 2 and all(r["world_size"] == 2 for r in records)
-    state = torch.load(tmp_path / "runs/smoke/kdcl_general/seed0/export/resnet18.pth",
-                       weights_only=True)
+    state = load_tensors(tmp_path / "runs/smoke/kdcl_general/seed0/export/resnet18.pth",
+                         "state_dict")
     assert not any(k.startswith("module.") for k in state)
 
 
@@ -44,15 +34,15 @@ def test_one_step_on_two_ranks_equals_one_step_on_one_rank(tmp_path, tiny_root):
     exports = {}
     for nproc in (1, 2):
         out = tmp_path / f"world{nproc}"
-        launch(nproc, SMOKE / "kdcl_minlogit.yaml", tiny_overrides(tiny_root, out, **overrides),
-               out)
+        torchrun(nproc, "pretrain", SMOKE / "kdcl_minlogit.yaml",
+                 *tiny_overrides(tiny_root, out, **overrides))
         exports[nproc] = out / "runs/smoke/kdcl_minlogit/seed0/export"
     torch.manual_seed(0)  # the engine's initialisation: seed, then the students in order
     initial = [models.build("cifar_resnet20", num_classes=4, norm="gn").state_dict(),
                models.build("wrn_16_2", num_classes=4, norm="gn").state_dict()]
     for name, init in zip(("cifar_resnet20", "wrn_16_2"), initial):
-        one = torch.load(exports[1] / f"{name}.pth", weights_only=True)
-        two = torch.load(exports[2] / f"{name}.pth", weights_only=True)
+        one = load_tensors(exports[1] / f"{name}.pth", "state_dict")
+        two = load_tensors(exports[2] / f"{name}.pth", "state_dict")
         for key in one:
             torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-6, msg=key)
         # the step is large compared with the tolerance, so a wrong gradient scale would show

@@ -1,7 +1,6 @@
 """The mmsegmentation backend: mmcv's compiled ops, conversion fidelity, configs, end-to-end
 runs on the generated scenes, kill-and-resume, and the bad-input messages."""
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -18,7 +17,7 @@ from kdcl_common import artifact
 from transfer import cli, convert
 from transfer.backends.mmseg import launcher
 
-from .conftest import REPO, make_backbone, run_command, tiny_mmseg_overrides
+from .conftest import REPO, make_backbone, torchrun, tiny_mmseg_overrides
 
 MMSEG = REPO / "transfer" / "configs" / "mmseg"
 EXPERIMENTS = sorted(MMSEG.glob("*.py"))
@@ -233,11 +232,8 @@ def test_a_nan_loss_stops_the_run_without_a_record(tmp_path, tiny_coco, backbone
 
 @pytest.mark.distributed
 def test_two_ranks_with_torchrun(tmp_path, tiny_coco, backbones):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "transfer", str(MMSEG / "sem-fpn_r18_smoke.py"), "--backbone",
-           str(backbones["resnet18"]), *tiny_mmseg_overrides(tiny_coco, tmp_path)]
-    done = run_command(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    torchrun(2, "transfer", MMSEG / "sem-fpn_r18_smoke.py", "--backbone", backbones["resnet18"],
+             *tiny_mmseg_overrides(tiny_coco, tmp_path))
     (record,) = [json.loads(l) for l in (tmp_path / "records.jsonl").read_text().splitlines()]
     assert record["world_size"] == 2 and record["metrics"]["mIoU"] is not None
     assert not (REPO / ".dist_test").exists()  # mmengine's default place to gather results

@@ -1,15 +1,13 @@
 """End-to-end runs of `python -m transfer` with the torchvision backend (seconds each)."""
 import json
-import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
 from transfer import cli
 
-from .conftest import REPO, make_backbone, run_command, tiny_transfer_overrides
+from .conftest import REPO, make_backbone, torchrun, tiny_transfer_overrides
 
 TV = REPO / "transfer" / "configs" / "torchvision"
 
@@ -107,11 +105,8 @@ def test_syncbn_falls_back_with_a_warning(tmp_path, tiny_coco, backbones, capsys
 
 @pytest.mark.distributed
 def test_two_ranks_with_torchrun(tmp_path, tiny_coco, backbones):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "transfer", str(TV / "smoke_mask_rcnn_fpn.yaml"), "--backbone",
-           str(backbones["resnet18"]), *tiny_transfer_overrides(tiny_coco, tmp_path)]
-    done = run_command(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
+    torchrun(2, "transfer", TV / "smoke_mask_rcnn_fpn.yaml", "--backbone", backbones["resnet18"],
+             *tiny_transfer_overrides(tiny_coco, tmp_path))
     (record,) = records(tmp_path)
     assert record["world_size"] == 2 and "segm_AP" in record["metrics"]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import warnings
 from dataclasses import dataclass
 
 
@@ -26,6 +27,9 @@ class Entry:
         return importlib.util.find_spec(self.requires) is not None
 
     def load(self):
+        # the frameworks import setuptools' deprecated pkg_resources (mmengine, Detectron2's
+        # model zoo): a note for their authors, printed above every message of ours
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
         return importlib.import_module(self.package).Backend
 
 

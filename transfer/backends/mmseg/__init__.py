@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from pathlib import Path
 
 from kdcl_common import KdclError
@@ -24,8 +23,6 @@ EVALUATION = ("val_dataloader.*", "test_dataloader.*", "val_evaluator.*", "test_
 
 
 def require_mmseg() -> None:
-    # mmengine imports setuptools' deprecated pkg_resources: a note for its authors, not ours
-    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
     try:
         import mmcv.ops  # noqa: F401  (mmseg needs mmcv's compiled ops)
         import mmseg  # noqa: F401

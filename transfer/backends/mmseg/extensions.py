@@ -80,24 +80,22 @@ class KdclMetricsHook(Hook):
 class StopOnNonFiniteLoss(Hook):
     """Stops at the first NaN/inf training loss, before a checkpoint of that iteration is saved
     (CheckpointHook runs after it). The loss is already a host number for mmengine's log, so
-    the check adds no device sync; on several processes the ranks agree through one all-reduce
-    of a flag, so none is left waiting in the next step's."""
+    the check adds no device wait; on several processes the ranks agree (one all-reduce), so
+    none is left waiting in the next step's."""
 
     priority = "HIGH"
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         import torch
-        import torch.distributed as dist
+
+        from kdcl_common.distributed import earliest_across_ranks
 
         loss = (outputs or {}).get("loss")
         if loss is None:
             return
         finite = torch.isfinite(torch.as_tensor(loss).detach()).all()
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            flag = finite.to(torch.int32)
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-            finite = flag.bool()
-        if bool(finite):
+        bad = int(earliest_across_ranks(torch.where(finite, -1, runner.iter).long()))
+        if bad < 0:
             return
         from .launcher import checkpoints
 
@@ -105,7 +103,7 @@ class StopOnNonFiniteLoss(Hook):
         kept = (f"the last checkpoint, {saved[-1]}, is kept" if saved
                 else "no checkpoint had been written yet")
         raise NonFiniteLossError(f"the segmentation loss became NaN/inf at iteration "
-                                 f"{runner.iter + 1} of {runner.max_iters}; training stopped "
+                                 f"{bad + 1} of {runner.max_iters}; training stopped "
                                  f"and {kept}. {RECOVERY_ADVICE}")
 
 

@@ -127,7 +127,9 @@ class PretrainConfig:
     preset: str = option("custom", help="smoke, cifar, paper or custom (recorded in results)")
     seed: int = option(0, help="seed of initialisation, data order and augmentation")
     output_root: str = option("runs/pretrain", help="runs go to <output_root>/<name>/seed<seed>")
-    records: str = option("results/records/pretrain.jsonl", help="result records are appended here")
+    records: str = option("results/records", help="the records folder: the run's records go "
+                         "to <records>/pretrain/<name>/seed<seed>.json (a location, not "
+                         "part of the run's identity)")
     students: List[StudentConfig] = option([], help="the students trained together")
     data: DataConfig = field(default_factory=DataConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
@@ -140,11 +142,14 @@ class PretrainConfig:
 
 
 CHECKPOINTS = RunCheckpoints(format="kdcl-bench/pretrain-checkpoint-v1")
+LOCATIONS = ("output_root", "records", "data.root")
 RUNS = Policy(
     finished_marker="export/manifest.json", has_checkpoint=CHECKPOINTS.exists,
     # may change on --resume: how the run is executed, not what it computes
     resumable_keys=("data.workers", "data.decode", "train.log_interval", "train.compile",
                     "train.fused_optimizer"),
+    # where things are, not what the run is (the data is identified by its fingerprint)
+    location_keys=LOCATIONS,
     # may change on the --resume after a stop for a non-finite loss
     recovery_keys=("optim.lr", "optim.warmup_epochs", "optim.warmup_start_lr", "train.amp"),
     # keys added since a run was saved (method.splits, data.cutout, ...) at their defaults

@@ -20,7 +20,7 @@ from pretrain.methods import Outputs
 from pretrain.multibranch import MultiBranchNet, scale_grad
 from pretrain.one import ONE
 
-from .conftest import REPO, SMOKE, tiny_overrides
+from .conftest import REPO, SMOKE, tiny_overrides, read_records
 
 CPU = torch.device("cpu")
 
@@ -225,7 +225,7 @@ def test_smoke_config_trains_and_records_every_branch(tmp_path, tiny_root, name,
     argv = [str(SMOKE / f"{name}.yaml"), *tiny_overrides(tiny_root, tmp_path),
             "optim.epochs=1", "students.0.arch=cifar_resnet32", "method.splits=[]"]
     assert cli.main(argv) == 0
-    records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
+    records = read_records(tmp_path)
     assert [r["student"] for r in records] == branches
     head = records[0]
     assert [r["exported"] for r in records] == [True] + [False] * (len(branches) - 1)
@@ -262,9 +262,9 @@ def test_the_cifar_and_imagenet_configs_run(tmp_path, tiny_root, config_name):
                 "data.held_out_per_class=2", "optim.batch_size=8", "optim.warmup_epochs=0"]
     argv = [str(REPO / "pretrain" / "configs" / f"{config_name}.yaml"), *data, "data.workers=0",
             "optim.epochs=1", "optim.lr=0.01", f"output_root={tmp_path / 'runs'}",
-            f"records={tmp_path / 'records.jsonl'}"]
+            f"records={tmp_path / 'records'}"]
     assert cli.main(argv) == 0
-    records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
+    records = read_records(tmp_path)
     assert len(records) == (3 if config_name.endswith("one") else 4)
     preset = {"cifar": "cifar", "imagenet": "paper"}[config_name.split("/")[0]]
     assert records[0]["exported"] and records[0]["preset"] == preset

@@ -20,8 +20,7 @@ from torchvision.transforms.v2 import functional as F
 from kdcl_common import DataError
 from kdcl_common.sampling import sample_seed
 
-LAYOUT = ("root/train2017/*.jpg, root/val2017/*.jpg, "
-          "root/annotations/instances_train2017.json, root/annotations/instances_val2017.json")
+from .layout import LAYOUT
 
 
 def split_paths(root: str | os.PathLike, split: str) -> tuple[Path, Path]:

@@ -15,7 +15,8 @@ pretrain/registry.py; `build` makes the one a config names.
     one, clnn       multi-branch networks (pretrain/one.py, pretrain/clnn.py)
 
 To add a method: subclass `Method` in a file of its own, override the hooks it needs (most
-methods need only `targets`), and add one `Entry` to pretrain/registry.py.
+methods need only `targets`), and add one `Entry` to pretrain/registry.py (with the `Option`s
+of its own hyper-parameters, which reach the class as attributes of its `cfg`).
 """
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
-"""ONE and CLNN (multi-branch methods) against hand computation, their exports, and the method
-registry that adding a method goes through."""
+"""ONE and CLNN (multi-branch methods) against hand computation, their networks and their
+exports."""
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -11,7 +9,7 @@ import torchvision
 
 from kdcl_common import ConfigError, artifact, models
 from kdcl_common.io import load_tensors
-from pretrain import cli, config, methods, registry
+from pretrain import cli, config, methods
 from pretrain.clnn import CLNN
 from pretrain.config import MethodConfig
 from pretrain.export import best_epoch
@@ -209,8 +207,6 @@ def test_icl_is_refused_for_the_multi_branch_methods(capsys):
         config.load(SMOKE / "one.yaml", ["students=[{arch: resnet18}, {arch: resnet18}]"])
     with pytest.raises(ConfigError, match="method.splits.0.stage='layer5'.*layer1, layer2"):
         config.load(SMOKE / "one.yaml", ["method.splits=[{stage: layer5, fan_out: 2}]"])
-    with pytest.raises(ConfigError, match="method.splits is only used by"):
-        config.load(SMOKE / "kdcl_minlogit.yaml", ["method.splits=[{stage: layer4, fan_out: 2}]"])
 
 
 @pytest.mark.parametrize("name,branches,parameters", [
@@ -273,50 +269,3 @@ def test_the_cifar_and_imagenet_configs_run(tmp_path, tiny_root, config_name):
 def test_best_epoch_is_the_first_epoch_with_the_best_top1():
     history = [{"epoch": e, "val/a/top1": v} for e, v in zip((1, 2, 3, 4), (10, 30, 30, 20))]
     assert best_epoch(history, "a") == (30, 2)
-
-
-# ------------------------------------------------------------------------------ registry
-def test_every_registered_method_imports_and_is_a_method():
-    for entry in registry.METHODS:
-        cls = methods.method_class(entry.name)
-        assert issubclass(cls, methods.Method), entry.name
-        assert registry.of_config(entry.name) is entry
-    assert registry.of_config("kdcl_general_icl").name == "kdcl_general"
-    assert registry.of_config("kd_wrn_16_2_to_resnet32").name == "kd"
-    assert registry.kdcl_variants() == ("kdcl_naive", "kdcl_linear", "kdcl_minlogit",
-                                        "kdcl_general")
-
-
-def test_the_registry_is_read_without_torch():
-    code = ("import sys, pretrain.registry, chain.plan, results.tabulate; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
-    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
-
-
-class Halved(methods.Method):
-    """A method defined outside the package: the students distil from half their mean logit."""
-
-    def __init__(self, cfg, num_students, device, env=None, factor: float = 1.0):
-        super().__init__(cfg, num_students, device, env)
-        self.factor = factor
-
-    def targets(self, logits, labels, inputs):
-        z_t = self.factor * logits.mean(0)
-        return methods.Targets((z_t / self.temperature).log_softmax(-1)[None],
-                               torch.ones(self.num_students, 1))
-
-
-def test_a_new_method_is_one_class_and_one_registry_entry(monkeypatch):
-    entry = registry.Entry("halved", f"{__name__}:Halved", "Halved", min_students=2,
-                           params={"factor": 0.5})
-    monkeypatch.setattr(registry, "METHODS", (*registry.METHODS, entry))
-    monkeypatch.setattr(registry, "NAMES", (*registry.NAMES, "halved"))
-    cfg = config.load(SMOKE / "kdcl_minlogit.yaml", ["method.name=halved"])
-    with pytest.raises(ConfigError, match="halved trains students together: list at least 2"):
-        config.load(SMOKE / "kdcl_minlogit.yaml", ["method.name=halved",
-                                                   "students=[{arch: resnet18}]"])
-    method = methods.build(cfg.method, 2, CPU, 5, (0.5,) * 3, (0.25,) * 3, None)
-    assert isinstance(method, Halved) and method.factor == 0.5 and method.entry is entry
-    z, labels = problem(H=2)
-    terms = collaborative_loss(z, labels, method.targets(z, labels, []), 2.0, 1.0)
-    torch.testing.assert_close(terms.kd[0], kl(0.5 * z.mean(0), z[0], 2.0))

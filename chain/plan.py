@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdcl_common import identity
+from kdcl_common import KdclError, identity
 from pretrain import registry
 from transfer import naming
 from transfer.backends import BACKENDS as REGISTERED
@@ -174,6 +174,9 @@ def pretrain_configs(preset: str, root: Path, all_methods: bool = False) -> list
         found = {str(p.relative_to(base.parent).with_suffix("")): p.stem for p in files}
         if chosen is not None:
             found = {n: s for n, s in found.items() if s in chosen}
+            if missing := sorted(set(chosen) - set(found.values())):
+                raise KdclError(f"{base} has no config for {', '.join(missing)} (the {preset} "
+                                f"methods of pretrain/registry.py): add <name>.yaml there")
         names += found
     def rank(name: str) -> int:  # configs are named after their method (registry.of_config)
         method = registry.of_config(Path(name).stem)

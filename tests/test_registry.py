@@ -50,6 +50,20 @@ def test_every_smoke_config_is_named_after_its_registered_method():
         assert config.load(path).method.name == path.stem, path
 
 
+def test_the_chain_refuses_a_smoke_method_without_its_config(tmp_path):
+    from chain import plan
+    from kdcl_common import KdclError
+
+    configs = tmp_path / "pretrain" / "configs" / "smoke"
+    configs.mkdir(parents=True)
+    for name in ("independent", "one"):
+        (configs / f"{name}.yaml").write_text("{}\n")
+    with pytest.raises(KdclError, match=r"smoke has no config for clnn, kdcl_general, "
+                                        r"kdcl_minlogit \(the smoke methods of "
+                                        r"pretrain/registry.py\): add <name>.yaml there"):
+        plan.pretrain_configs("smoke", tmp_path)
+
+
 # ------------------------------------------------------------------- options: schema and checks
 @pytest.mark.parametrize("config_name,override,message", [
     ("kdcl_minlogit", "method.splits=[{stage: layer4, fan_out: 2}]",

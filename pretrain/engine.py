@@ -84,6 +84,7 @@ class Trainer:
         cfg, device, S = self.cfg, self.ctx.device, len(self.names)
         loader = self.data.train
         loader.batch_sampler.set_epoch(epoch)
+        self.method.start_of_epoch(epoch)
         steps = len(loader)
         # Dropout's random stream is a function of (seed, epoch, rank): resuming needs no RNG state.
         torch.manual_seed(sample_seed(cfg.seed, epoch, self.ctx.rank, 1))

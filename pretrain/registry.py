@@ -69,6 +69,11 @@ SPLITS = Option("splits", List[SplitConfig], [], "where the network branches, fr
                 "on, e.g. [{stage: layer4, fan_out: 3}]; [] = the method's default (one: 3 "
                 "branches of the last stage; clnn: 2 of the second-last, each with 2 of the "
                 "last), resolved into the config")
+RAMPUP_EPOCHS = Option("rampup_epochs", Optional[float], None, "epochs over which the weight of "
+                       "the KL terms ramps up, exp(-5 (1 - e/R)^2) in epoch e (0-based, 1 from "
+                       "e = R on), as ONE's official code (--consistency_rampup 80 of its 300 "
+                       "epochs); null = the same fraction of this run, 80/300 x optim.epochs, "
+                       "resolved into the config; 0 = weight 1 from the first step")
 GENERAL_ERROR = Option("general_error", str, "squared", "the held-out error: 'squared' (Eq. 8) "
                        "or 'cross_entropy' (Eq. 12)", choices=("squared", "cross_entropy"))
 
@@ -105,7 +110,7 @@ METHODS: tuple[Entry, ...] = (
     Entry("dml", "pretrain.methods:DML", "DML", min_students=2),
     Entry("kd", "pretrain.methods:KD", "KD [Hinton]", options=(TEACHER,)),
     Entry("one", "pretrain.one:ONE", "ONE", max_students=1, multi_branch=True, icl=False,
-          smoke=True, options=(SPLITS,)),
+          smoke=True, options=(SPLITS, RAMPUP_EPOCHS)),
     Entry("clnn", "pretrain.clnn:CLNN", "CLNN", max_students=1, multi_branch=True, icl=False,
           smoke=True, options=(SPLITS,)),
     Entry("mean", "pretrain.methods:SharedTarget", "mean logit (control)", min_students=2,

@@ -1,6 +1,7 @@
-"""ONE and CLNN (multi-branch methods) against hand computation, their networks and their
-exports."""
+"""ONE and CLNN (multi-branch methods) against hand computation and their authors' code (ONE's
+ramp-up), their networks and their exports."""
 import json
+import math
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from pretrain.export import best_epoch
 from pretrain.losses import collaborative_loss
 from pretrain.methods import Outputs
 from pretrain.multibranch import MultiBranchNet, scale_grad
-from pretrain.one import ONE
+from pretrain.one import ONE, rampup_weight
 
 from .conftest import REPO, SMOKE, tiny_overrides
 
@@ -54,7 +55,7 @@ def test_one_loss_and_its_gradients_by_hand():
     z, labels = problem()
     z_e = torch.randn(6, 5, generator=torch.Generator().manual_seed(1))
     T = 3.0
-    one = ONE(MethodConfig(name="one", temperature=T), 3, CPU)
+    one = ONE(MethodConfig(name="one", temperature=T, rampup_epochs=0), 3, CPU)
     live, live_e = z.clone().requires_grad_(), z_e.clone().requires_grad_()
     outputs = Outputs(live, live_e)
     assert one.targets(live.detach(), labels, []) is None  # all of ONE's terms keep the graph
@@ -72,10 +73,69 @@ def test_one_loss_and_its_gradients_by_hand():
     torch.testing.assert_close(live_e.grad, ref_e.grad)
 
 
+def test_one_rampup_is_the_official_sigmoid_rampup():
+    """utils/ramps.py of ONE's code: exp(-5 (1 - e/R)^2) with e clipped to [0, R], 1 for R = 0;
+    with the official R = 80: 0.007 in epoch 0, 0.29 in epoch 40, 1 from epoch 80 on."""
+    for e in (0, 1, 13, 40, 79, 80, 81, 299):
+        phase = 1 - min(e, 80) / 80
+        assert rampup_weight(e, 80) == pytest.approx(math.exp(-5 * phase ** 2), rel=1e-12)
+    assert round(rampup_weight(0, 80), 4) == 0.0067 and round(rampup_weight(40, 80), 4) == 0.2865
+    assert rampup_weight(80, 80) == rampup_weight(300, 80) == 1.0
+    assert rampup_weight(0, 0) == rampup_weight(7, 0) == 1.0
+    weights = [rampup_weight(e, 53.3) for e in range(60)]
+    assert weights == sorted(weights) and weights[-1] == 1.0
+
+
+def test_one_weights_the_kl_terms_by_the_rampup_of_the_epoch():
+    z, labels = problem()
+    z_e = torch.randn(6, 5, generator=torch.Generator().manual_seed(1))
+    T = 3.0
+    one = ONE(MethodConfig(name="one", temperature=T, rampup_epochs=80), 3, CPU)
+    assert one.rampup == rampup_weight(0, 80)  # before any epoch (e.g. the benchmark's steps)
+    ce = sum(F.cross_entropy(z[i], labels) for i in range(3)) + F.cross_entropy(z_e, labels)
+    kls = torch.stack([kl(z_e, z[i], T) for i in range(3)])
+    for epoch in (0, 40, 80, 120):
+        one.start_of_epoch(epoch)
+        terms = one.graph_loss(collaborative_loss(z, labels, None, T, 1.0), Outputs(z, z_e),
+                               labels)
+        torch.testing.assert_close(terms.total, ce + rampup_weight(epoch, 80) * kls.sum())
+        torch.testing.assert_close(terms.kd, kls)  # recorded unweighted (as every method's)
+
+
+def test_one_rampup_defaults_to_the_authors_fraction_of_the_run(monkeypatch, tmp_path):
+    for var in ("IMAGENET_ROOT", "CIFAR100_ROOT"):
+        monkeypatch.setenv(var, str(tmp_path))
+    root = REPO / "pretrain" / "configs"
+    for name, epochs in (("smoke/one", 4), ("cifar/one", 200), ("imagenet/r18/one", 200)):
+        cfg = config.load(root / f"{name}.yaml")
+        assert cfg.optim.epochs == epochs
+        assert cfg.method.rampup_epochs == pytest.approx(80 / 300 * epochs)
+    assert config.load(root / "cifar/one.yaml", ["optim.epochs=300"]).method.rampup_epochs == 80
+    assert config.load(SMOKE / "one.yaml", ["method.rampup_epochs=0"]).method.rampup_epochs == 0
+    with pytest.raises(ConfigError, match=r"method.rampup_epochs=-1.0 must be >= 0 \(epochs; 0: "
+                                          r"no ramp-up, null: 0.2667 x optim.epochs"):
+        config.load(SMOKE / "one.yaml", ["method.rampup_epochs=-1"])
+
+
+def test_the_engine_sets_the_rampup_before_each_epoch(monkeypatch, tmp_path, tiny_root):
+    seen = []
+    start = ONE.start_of_epoch
+
+    def spy(self, epoch):
+        start(self, epoch)
+        seen.append((epoch, self.rampup))
+
+    monkeypatch.setattr(ONE, "start_of_epoch", spy)
+    argv = [str(SMOKE / "one.yaml"), *tiny_overrides(tiny_root, tmp_path), "optim.epochs=2",
+            "students.0.arch=cifar_resnet20", "method.splits=[]", "method.rampup_epochs=4"]
+    assert cli.main(argv) == 0
+    assert seen == [(0, rampup_weight(0, 4)), (1, rampup_weight(1, 4))]
+
+
 def test_one_reports_the_gated_ensemble():
     z, _ = problem()
     z_e = torch.randn(6, 5)
-    one = ONE(MethodConfig(name="one"), 3, CPU)
+    one = ONE(MethodConfig(name="one", rampup_epochs=0), 3, CPU)
     torch.testing.assert_close(one.ensemble_probs(Outputs(z, z_e), z.softmax(-1)),
                                z_e.softmax(-1))
 

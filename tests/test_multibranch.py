@@ -210,6 +210,11 @@ def test_parameter_counts_are_table_3s():
     assert count(one) == 29_503_745 and round(count(one) / 1e6, 2) == 29.50
     assert count(one.gate) == 256 * 3 + 3 + 2 * 3  # FC(256 -> 3) + BN(3)
     assert count(clnn) == 40_509_408 and round(count(clnn) / 1e6, 2) == 40.51
+    # Table 3's 40.5M is the binary tree's alone: one split into 4 heads has another count
+    with torch.device("meta"):
+        at_layer4 = MultiBranchNet("resnet18", {"num_classes": 1000}, [("layer4", 4)])
+        at_layer3 = MultiBranchNet("resnet18", {"num_classes": 1000}, [("layer3", 4)])
+    assert round(count(at_layer4) / 1e6, 2) == 38.41 and round(count(at_layer3) / 1e6, 2) == 44.71
     assert round(count(r18) / 1e6, 2) == 11.69 and round((count(r18) + count(r50)) / 1e6, 2) == 37.25
 
 

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdcl_common import identity
+from kdcl_common import KdclError, identity
 from pretrain import registry
 from transfer import backends, naming
 
@@ -223,6 +223,9 @@ def pretrain_configs(preset: str, root: Path, all_methods: bool = False) -> list
         found = {str(p.relative_to(base.parent).with_suffix("")): p.stem for p in files}
         if chosen is not None:
             found = {n: s for n, s in found.items() if s in chosen}
+            if missing := sorted(set(chosen) - set(found.values())):
+                raise KdclError(f"{base} has no config for {', '.join(missing)} (the {preset} "
+                                f"methods of pretrain/registry.py): add <name>.yaml there")
         names += found
     return sorted(names)
 

@@ -32,7 +32,7 @@ config keys (key = default, then what it means):
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pretrain", description="Train students together (KDCL and its baselines), then export them.",
-        epilog=EXAMPLES + "\n".join(describe(config.PretrainConfig)),
+        epilog=EXAMPLES + "\n".join(describe(config.schema())),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="a YAML config, e.g. pretrain/configs/smoke/kdcl_minlogit.yaml")
     parser.add_argument("overrides", nargs="*", metavar="key=value",

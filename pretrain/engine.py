@@ -137,6 +137,7 @@ class Trainer:
         loader = self.data.train
         first = resumed["step"] if resumed else 0
         loader.batch_sampler.set_epoch(epoch, first)
+        self.method.start_of_epoch(epoch)  # also when resuming mid-epoch: a function of epoch
         steps = len(loader.batch_sampler)
         for m in self.modules:
             m.train()

@@ -8,7 +8,7 @@ import warnings
 import pandas as pd
 
 from .collect import RecordWarning, run_path
-from .tabulate import row_labels
+from .rows import row_labels
 
 
 def read(data: pd.DataFrame) -> pd.DataFrame:

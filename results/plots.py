@@ -1,6 +1,6 @@
 """PNG figures: Δ bar charts with 95 % CI error bars (one per table with a Δ column),
 validation top-1 curves over epochs (one per pre-training setting, one panel per student) and
-Fig. 4's loss gaps under pixel noise (robustness.py)."""
+Fig. 4's loss gaps under pixel noise (from fig4.summary)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,8 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from . import robustness  # noqa: E402
-from .tabulate import SMOKE_NOTE, Table, has, row_order, slug, student_order  # noqa: E402
+from . import fig4  # noqa: E402
+from .cells import SMOKE_NOTE, Table, has, slug  # noqa: E402
+from .rows import row_order, student_order  # noqa: E402
 
 
 def _row_text(key) -> str:
@@ -90,8 +91,50 @@ def curve_figure(curves: pd.DataFrame, groups: pd.Series, title: str, path: Path
     plt.close(fig)
 
 
+def fig4_figures(data: pd.DataFrame, folder: Path) -> list[Path]:
+    """One figure per (preset, setting) with gaps: a panel per network, a line per other method
+    and KDCL-General variant, the mean over seeds with a ± std band."""
+    spread = fig4.summary(fig4.gaps(data))
+    paths = []
+    for (preset, setting), part in spread.groupby(["preset", "setting"], sort=True):
+        students = fig4.students(part["student"])
+        fig, axes = plt.subplots(1, len(students), figsize=(4.8 * len(students), 3.8),
+                                 squeeze=False, sharey=True)
+        for ax, student in zip(axes[0], students):
+            mine = part[part["student"] == student]
+            for colour, against in zip(("C0", "C1"), fig4.AGAINST):
+                for icl in (True, False):
+                    line = mine[(mine["against"] == against) & (mine["icl"] == icl)]
+                    if line.empty:
+                        continue
+                    line = line.sort_values("delta")
+                    ax.plot(line["delta"], line["mean"], color=colour, marker=".",
+                            linestyle="-" if icl else "--",
+                            label=f"{fig4.AGAINST[against]} − {fig4.variant(icl)}")
+                    if line["std"].notna().any():
+                        ax.fill_between(line["delta"], line["mean"] - line["std"],
+                                        line["mean"] + line["std"], color=colour, alpha=0.15)
+            ax.axhline(0, color="black", linewidth=0.8)
+            ax.set_title(student, fontsize=9)
+            ax.set_xlabel("δ (noise std, 0-1 pixel scale)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        axes[0][0].set_ylabel("test loss gap (other − KDCL-General)")
+        seeds = int(part["n"].max())
+        smoke = " (smoke: plumbing, not science)" if preset == "smoke" else ""
+        band = "band: ± std over seeds" if seeds > 1 else "one seed: no band"
+        fig.suptitle(f"Fig. 4: robustness to Gaussian pixel noise, {setting}{smoke}\n"
+                     f"mean over {seeds} seed{'s' if seeds > 1 else ''}, {band}", fontsize=10)
+        fig.tight_layout()
+        path = folder / f"fig4_robustness_{slug(preset, setting)}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
 def draw(tables: list[Table], data: pd.DataFrame, curves: pd.DataFrame, folder: Path) -> list[Path]:
-    paths = robustness.figures(data, folder)
+    paths = fig4_figures(data, folder)
     for table in tables:
         path = folder / f"delta_{table.name}.png"
         if delta_figure(table, path):

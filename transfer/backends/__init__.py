@@ -38,3 +38,4 @@ BACKENDS = {e.name: e for e in (
     Entry("detectron2", "transfer.backends.detectron2", "detectron2", "COCO_ROOT"),
     Entry("torchvision", "transfer.backends.torchvision", "torchvision", "COCO_ROOT"),
 )}
+REGISTRY = tuple(BACKENDS[n] for n in ("torchvision", "detectron2", "mmseg"))

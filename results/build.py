@@ -91,7 +91,7 @@ def build(sources: list[Path], out: Path = RESULTS, draw: bool = True, log=print
     atomic_write_text(out / "README.md", report.readme(data, built, files, sources,
                                                        warned + pooled, out, notes))
     log(f"{len(built)} tables (md, csv, tex) in {out / 'tables'}")
-    log(f"{len(files['figures'])} figures in {out / 'figures'}"
+    log(f"{len({p.stem for p in files['figures']})} figures (png, pdf) in {out / 'figures'}"
         + ("" if draw else " (not rebuilt: --no-figures)"))
     log(f"summary: {out / 'README.md'}")
     return 0

@@ -33,6 +33,8 @@ import os
 import sys
 from pathlib import Path
 
+from kdcl_common import KdclError
+
 from . import launch, local, plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                                 transfer_seeds=tuple(args.transfer_seeds), layout=layout,
                                 settings=parse_settings(args.settings))
         steps = plan.select(everything, args.only)
-    except ValueError as e:
+    except (ValueError, KdclError) as e:
         print(f"run_all: {e}", file=sys.stderr)
         return 2
     exact = environment_ready()

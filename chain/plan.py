@@ -135,8 +135,6 @@ class Step:
         if self.stage == "transfer" and not identity.metadata_path(self.backbone).is_file():
             return State.TODO, f"waits for its backbone {self.backbone}"
         if exact:
-            from kdcl_common import KdclError
-
             try:
                 if self.stage == "pretrain":
                     from pretrain.engine import status

@@ -250,8 +250,8 @@ def test_records_path_that_does_not_exist_is_an_error(tmp_path, capsys):
     assert main(["--records", str(tmp_path), str(missing), "--out", str(out)]) == 2
     printed = capsys.readouterr()
     assert printed.out == "" and "Traceback" not in printed.err
-    assert (f"--records {missing} does not exist: give a JSONL file of result records or a "
-            "folder of *.jsonl files") in printed.err
+    assert (f"--records {missing} does not exist: give a records folder (e.g. results/records) "
+            "or a record file") in printed.err
     assert not out.exists()
 
 

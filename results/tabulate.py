@@ -133,6 +133,34 @@ def pretrain_tables(data: pd.DataFrame, paper: pd.DataFrame) -> list[Table]:
     return tables
 
 
+def transfer_values(frame: pd.DataFrame, metric: str) -> list[float]:
+    """A transfer cell's replicates: with backbones of several pre-training seeds, one value
+    per pre-training seed (the mean of its fine-tunings): the interval is then the spread
+    between backbones, which is what a pre-training method is judged by, and fine-tuning noise
+    is averaged within each. With one pre-training seed, its fine-tuning seeds are the
+    replicates: the interval covers fine-tuning noise only."""
+    part = frame[frame["metric"] == metric]
+    if part["pretrain_seed"].nunique() > 1:
+        return part.groupby("pretrain_seed")["value"].mean().sort_index().tolist()
+    return part.sort_values("seed")["value"].tolist()
+
+
+def seeds_note(part: pd.DataFrame) -> str:
+    """Which pre-training and fine-tuning seeds the cells pool, and how the interval treats
+    them."""
+    def listed(column: str) -> str:
+        values = sorted({int(v) for v in part[column].dropna()})
+        return ", ".join(map(str, values)) or "?"
+
+    several = part["pretrain_seed"].nunique() > 1
+    return (f"Seeds: pre-training {listed('pretrain_seed')}, fine-tuning {listed('seed')}. "
+            + ("n counts pre-training seeds: each backbone's fine-tunings are averaged first, "
+               "so mean ± std and the interval are over backbones." if several else
+               "n counts fine-tuning seeds of one backbone per row: the interval covers "
+               "fine-tuning noise only, not the pre-training's (add seeds: bash run_all.sh "
+               "--seeds 0 1 2)."))
+
+
 def transfer_tables(data: pd.DataFrame, paper: pd.DataFrame) -> list[Table]:
     order = [entry.name for entry in REGISTRY]  # the backends' order in plans and tables
     data = data[data["stage"] == "transfer"]
@@ -158,8 +186,8 @@ def transfer_tables(data: pd.DataFrame, paper: pd.DataFrame) -> list[Table]:
                             & (part["pretrain_setting"] == pretrain_setting)]
                 where = dict(backbone=backbone, task=task, detector=model)
                 for metric, name, compare in TRANSFER_CELLS.get(task, []):
-                    row |= cells.cell(f"{backend} {model}", name, cells.values(mine, metric),
-                                      cells.values(same, metric)
+                    row |= cells.cell(f"{backend} {model}", name, transfer_values(mine, metric),
+                                      transfer_values(same, metric)
                                       if compare and method != "independent" else None,
                                       _paper(ref, method, icl, metric=metric, **where))
             rows[key] = row
@@ -187,7 +215,7 @@ def transfer_tables(data: pd.DataFrame, paper: pd.DataFrame) -> list[Table]:
             baseline += (" (none in these records: transfer the independent backbones too to "
                          "see whether a pre-training gain survives transfer)")
         sources = set(ref["table"]) if has(frame, "paper") else set()
-        caption = _caption(part, what, baseline, sources)
+        caption = _caption(part, f"{what} {seeds_note(part)}", baseline, sources)
         tables.append(Table(f"transfer_{slug(preset, protocol or 'unknown')}",
                             f"Transfer: {protocol} protocol ({preset} preset)", caption, frame,
                             trace, split=True))

@@ -135,6 +135,30 @@ def test_transfer_delta_against_independent_backbone_and_paper_table_8():
     assert tabulate.device(["x86_64"], 2) == (0, "CPU (x86_64)")
 
 
+def test_transfer_cells_pool_fine_tuning_seeds_within_each_backbone():
+    """Two pre-training seeds x three fine-tuning seeds: n counts backbones (each the mean of its
+    fine-tunings); one pre-training seed: n counts its fine-tunings. The caption says which."""
+    def ft(method, pre, seed, ap):
+        return {**transfer(method, seed, ap), "pretrain_seed": pre,
+                "run_dir": f"runs/transfer/{method}-pre{pre}/seed{seed}"}
+
+    items = [ft("independent", p, s, 30.0 + p + 0.1 * s) for p in (0, 1) for s in (0, 1, 2)]
+    items += [ft("kdcl_minlogit", p, s, 31.0 + p + 0.1 * s) for p in (0, 1) for s in (0, 1, 2)]
+    table = build_tables(items)["transfer_paper_paper14ep_syncbn"]
+    row = table.data.xs("kdcl_minlogit", level="method").iloc[0]
+    block = "torchvision faster_rcnn"
+    assert row[(block, "box AP", "n")] == 2  # backbones, not the 6 fine-tunings
+    assert row[(block, "box AP", "mean")] == pytest.approx(31.6)
+    assert row[(block, "box AP", "std")] == pytest.approx(math.sqrt(0.5))
+    assert row[(block, "box AP", "delta")] == pytest.approx(1.0)
+    assert "Seeds: pre-training 0, 1, fine-tuning 0, 1, 2. n counts pre-training seeds" \
+        in table.caption
+    one = build_tables([i for i in items if i["pretrain_seed"] == 0])[
+        "transfer_paper_paper14ep_syncbn"]
+    row = one.data.xs("kdcl_minlogit", level="method").iloc[0]
+    assert row[(block, "box AP", "n")] == 3 and "fine-tuning noise only" in one.caption
+
+
 def test_a_config_changed_between_seeds_is_reported():
     items = [pretrain("independent", "cifar_resnet32", s, 70, config_hash=h)
              for s, h in enumerate(["aaa", "bbb"])]

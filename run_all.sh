@@ -11,7 +11,7 @@
 #     NPROC_PER_NODE=8 bash run_all.sh --preset paper
 #
 # GPUs: NPROC_PER_NODE (torchrun --nproc_per_node); nodes: TORCHRUN_ARGS (torchrun rendezvous
-# options) and D2_LAUNCH_ARGS (Detectron2's launcher); scripts/slurm_run_all.sbatch for SLURM.
+# options) and D2_LAUNCH_ARGS (Detectron2's launcher); --slurm submits every step as a job.
 # Finished runs are skipped and unfinished ones resume: run the same command again after a crash.
 # All options: bash run_all.sh --help
 set -euo pipefail

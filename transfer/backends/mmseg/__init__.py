@@ -18,7 +18,7 @@ from ..base import Spec
 RESUMABLE = ("train_dataloader.num_workers", "val_dataloader.num_workers",
              "test_dataloader.num_workers", "train_dataloader.persistent_workers",
              "val_dataloader.persistent_workers", "test_dataloader.persistent_workers",
-             "default_hooks.logger.interval")
+             "default_hooks.logger.interval", "default_hooks.checkpoint.interval")
 EVALUATION = ("val_dataloader.*", "test_dataloader.*", "val_evaluator.*", "test_evaluator.*")
 # where, not what: never identity (the data is identified by its files' fingerprint)
 LOCATIONS = ("kdcl.output_root", "kdcl.records", "work_dir",

@@ -189,7 +189,8 @@ class RunFolder:
 
     def start(self, action: str, files: dict[str, str] | None = None) -> None:
         """Make the folder this run's (on the main process only, after every check): archive
-        it first for --restart, remove stale temporaries, write run.json and `files`."""
+        it first for --restart, remove stale temporaries, write run.json (counting a resume)
+        and `files`."""
         saved = read(self.path) if action == RESUME else None
         if action == RESTART:
             archive = superseded_name(self.path)
@@ -199,10 +200,12 @@ class RunFolder:
         history = list((saved or {}).get("changes", []))
         if self.changes:
             history.append({"resumed": _now(), "diff": self.changes})
+        resumes = int((saved or {}).get("resumes", 0)) + (action == RESUME)
         atomic_write_json(self.path / IDENTITY_FILE, {
             "format": FORMAT, "config_hash": self.identity.config_hash,
             "config": self.identity.config, "inputs": self.identity.inputs,
-            **({"changes": history} if history else {})})
+            **({"changes": history} if history else {}),
+            **({"resumes": resumes} if resumes else {})})
         for name, text in (files or {}).items():
             atomic_write_text(self.path / name, text)
 

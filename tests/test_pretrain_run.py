@@ -227,3 +227,6 @@ def test_kill_and_resume_reaches_the_same_weights(tmp_path, tiny_root):
         b = torch.load(run_dir / f"export/{name}.pth", weights_only=True)
         for key in a:
             assert torch.equal(a[key], b[key]), (name, key)
+    for out, resumes in ((straight, 0), (killed, 1)):
+        lines = (out / "records.jsonl").read_text().splitlines()
+        assert {json.loads(line)["resumes"] for line in lines} == {resumes}

@@ -9,12 +9,19 @@ adds):
    decided by the policy of kdcl_common/runs.py: start, resume, restart, or already finished;
    the run's identity is its resolved config and the backbone's sha256;
 4. the folder is written (run.json, the config, environment.json), then the backend trains;
+   a data error before the first checkpoint removes the folder this command made;
 5. the result record is written only from an evaluation that saw images, then result.json,
    which marks the run finished.
+
+The console is the same for every backend: the start line, the backend's progress
+(kdcl_common.logs.Progress), the result and where the full log is; a framework's own output
+goes to the run's log.txt (kdcl_common.logs.framework_output) unless --verbose.
 """
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -24,14 +31,15 @@ from kdcl_common import distributed as kdist
 from kdcl_common import records
 from kdcl_common.distributed import DistContext
 from kdcl_common.io import atomic_write_json
-from kdcl_common.logs import attach_file, get_logger
+from kdcl_common.logs import attach_file, get_logger, metrics_text
 from kdcl_common.provenance import environment
-from kdcl_common.runs import FINISHED, RESUME, START, Identity, Policy, RunFolder
+from kdcl_common.runs import FINISHED, RESTART, RESUME, START, Identity, Policy, RunFolder
 
 from . import naming
 from .backends.base import Backend, Spec
 
 FINISHED_MARKER = "result.json"
+LOGGER = "transfer"  # the project's console and log.txt lines, in every backend
 
 
 @dataclass
@@ -74,9 +82,12 @@ class TransferRun:
             pretrain_config=meta.get("config_name"), pretrain_seed=meta.get("seed"),
             pretrain_run=meta.get("run_dir"), icl=meta.get("icl"),
             group="+".join(meta.get("students", [])), evaluated_images=evaluated_images,
-            images_per_second=images_per_second, **(spec.extra or {}), **extra,
-            **({"config_changes": changes} if changes else {}))
+            images_per_second=images_per_second, resumes=identity.resumes(self.run_dir),
+            **(spec.extra or {}), **extra, **({"config_changes": changes} if changes else {}))
         atomic_write_json(self.run_dir / FINISHED_MARKER, record)
+        logging.getLogger(LOGGER).info(
+            f"result: {metrics_text(metrics)} (record appended to {spec.records}; the full log "
+            f"is {self.run_dir / 'log.txt'})")
         return record
 
     def finish_evaluation(self, metrics: dict, evaluated_images: int, checkpoint: str) -> Path:
@@ -87,6 +98,8 @@ class TransferRun:
                                 "evaluated_images": evaluated_images,
                                 "config_hash": Identity(self.spec.config).config_hash,
                                 "backbone_sha256": self.meta["sha256"]})
+        logging.getLogger(LOGGER).info(f"evaluated {checkpoint} on {self.spec.evaluation_split}: "
+                                       f"{metrics_text(metrics)} (written to {out})")
         return out
 
     def _check_evaluated(self, images: int) -> None:
@@ -163,7 +176,7 @@ def run(backend: Backend, args) -> int:
 
 
 def _run(backend: Backend, args, resolved: Resolved, ctx: DistContext) -> int:
-    logger = get_logger("transfer", ctx.rank)
+    logger = get_logger(LOGGER, ctx.rank)
     spec, backbone, meta, folder = (resolved.spec, resolved.backbone, resolved.meta,
                                     resolved.folder)
     run_dir = folder.path
@@ -185,6 +198,7 @@ def _run(backend: Backend, args, resolved: Resolved, ctx: DistContext) -> int:
     if backend.prepare(transfer) <= 0:
         raise _empty_evaluation(spec, args.config)
     kdist.barrier()  # every process has read the folder before the main one changes it
+    made = run_dir if action == RESTART else _outermost_missing(run_dir)
     if ctx.is_main:
         folder.start(action, {
             spec.config_file: spec.config_text,
@@ -197,7 +211,7 @@ def _run(backend: Backend, args, resolved: Resolved, ctx: DistContext) -> int:
     kdist.barrier()
     logger.info(f"{spec.name} ({spec.task}, protocol {spec.protocol}) on {backbone} "
                 f"({meta['architecture']}, {meta.get('method')}), {backend.name}: "
-                f"{ctx.world_size} process(es); writing to {run_dir}"
+                f"{ctx.world_size} process(es); writing to {run_dir} (full log: log.txt there)"
                 + (f"; resumed with {'; '.join(c.strip() for c in folder.changes)}"
                    if folder.changes else ""))
     try:
@@ -206,7 +220,23 @@ def _run(backend: Backend, args, resolved: Resolved, ctx: DistContext) -> int:
         if ctx.is_main:
             folder.mark_stopped("non-finite loss")
         raise
+    except DataError:
+        # found while loading, before anything to resume: leave no folder, as the checks do
+        if ctx.is_main and made and not backend.has_checkpoint(run_dir):
+            shutil.rmtree(made, ignore_errors=True)
+        raise
     return 0
+
+
+def _outermost_missing(path: Path) -> Path | None:
+    """The outermost of `path` and its parents that does not exist yet: what starting the run
+    folder makes."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return missing
+        missing = folder
+    return missing
 
 
 def _empty_evaluation(spec: Spec, config) -> DataError:

@@ -10,6 +10,7 @@
                   fingerprint of its dataset (kind "data": files, bytes; fingerprint.py)
     stopped       present after a stop for a non-finite loss (what may change on --resume)
     changes       config changes accepted on a --resume after such a stop
+    resumes       how many times the run was resumed from a checkpoint (absent: never)
 
 Standard library only: `run_all.sh` decides which steps are stale with it before the
 environment exists.
@@ -61,6 +62,11 @@ def read(run_dir: str | os.PathLike) -> dict | None:
 def accepted_changes(run_dir: str | os.PathLike) -> list[dict]:
     """The config changes accepted on resumes after non-finite stops (for the result record)."""
     return list((read(run_dir) or {}).get("changes", []))
+
+
+def resumes(run_dir: str | os.PathLike) -> int:
+    """How many times the run in `run_dir` was resumed (for the result record)."""
+    return int((read(run_dir) or {}).get("resumes", 0))
 
 
 def changed_inputs(saved: dict, current: dict[str, dict]) -> list[str]:

@@ -197,7 +197,8 @@ class RunFolder:
 
     def start(self, action: str, files: dict[str, str] | None = None) -> None:
         """Make the folder this run's (on the main process only, after every check): archive
-        it first for --restart, remove stale temporaries, write run.json and `files`."""
+        it first for --restart, remove stale temporaries, write run.json (counting a resume)
+        and `files`."""
         saved = read(self.path) if action == RESUME else None
         if action == RESTART:
             archive = superseded_name(self.path)
@@ -207,10 +208,12 @@ class RunFolder:
         history = list((saved or {}).get("changes", []))
         if self.changes:
             history.append({"resumed": _now(), "diff": self.changes})
+        resumes = int((saved or {}).get("resumes", 0)) + (action == RESUME)
         atomic_write_json(self.path / IDENTITY_FILE, {
             "format": FORMAT, "config_hash": self.identity.config_hash,
             "config": self.identity.config, "inputs": self.identity.inputs,
-            **({"changes": history} if history else {})})
+            **({"changes": history} if history else {}),
+            **({"resumes": resumes} if resumes else {})})
         for name, text in (files or {}).items():
             atomic_write_text(self.path / name, text)
 
@@ -239,7 +242,9 @@ class RunSession:
     The main process takes the lock, and every process refuses the command when another
     holds it; the folder and `extra_writable` folders (where records go) are checked for
     writability before the stage's set-up. A non-finite loss marks the folder stopped (the
-    next --resume may change the recovery keys). Leaving the block releases the lock."""
+    next --resume may change the recovery keys). A DataError found while training (a malformed
+    sample, read only then) before anything could be resumed removes the folder this command
+    made, as a failed check leaves none. Leaving the block releases the lock."""
 
     def __init__(self, folder: RunFolder, logger, extra_writable: tuple[Path, ...] = ()):
         from .locks import RunLock
@@ -247,6 +252,7 @@ class RunSession:
         self.folder, self.logger = folder, logger
         self.extra_writable = extra_writable
         self.lock = RunLock(folder.path, log=logger.warning)
+        self.made = False  # this command made the folder (a new run, or --restart's)
 
     def __enter__(self) -> "RunSession":
         from . import distributed as kdist
@@ -274,20 +280,29 @@ class RunSession:
         from .logs import attach_file
 
         kdist.barrier()  # every process has read the folder before the main one changes it
+        self.made = action == RESTART or not self.folder.path.exists()
         if kdist.is_main():
             self.folder.start(action, files)
             attach_file(self.logger, self.folder.path / log_file)
         kdist.barrier()
 
     def __exit__(self, kind, error, traceback) -> None:
-        from . import NonFiniteLossError
+        import shutil
+
+        from . import DataError, NonFiniteLossError
         from . import distributed as kdist
 
         try:
             if isinstance(error, NonFiniteLossError) and kdist.is_main():
                 self.folder.mark_stopped("non-finite loss")
+            if isinstance(error, DataError) and kdist.is_main() and self.made \
+                    and not self._resumable():
+                shutil.rmtree(self.folder.path, ignore_errors=True)
         finally:
             self.lock.release()
+
+    def _resumable(self) -> bool:
+        return self.folder.finished or self.folder.policy.has_checkpoint(self.folder.path)
 
 
 def check_writable(folder: Path) -> None:

@@ -14,7 +14,7 @@ import torch.nn as nn
 from .methods import Export
 
 from kdcl_common import artifact, models, provenance, records
-from kdcl_common.identity import accepted_changes
+from kdcl_common.identity import accepted_changes, resumes
 from kdcl_common.config import to_dict
 from kdcl_common.io import DiskFullError, atomic_write_json
 from kdcl_common.runs import RunFolder
@@ -108,7 +108,7 @@ def _export(cfg, config_file, exports, modules, data, history, wall_seconds, wor
             artifact=str(path) if module is not None else None, exported=module is not None,
             backbone_sha256=meta.get("sha256"), system_parameters=system_parameters,
             images_per_second=round(images / train_seconds, 1) if train_seconds else None,
-            **({"config_changes": changes} if changes else {})))
+            resumes=resumes(run_dir), **({"config_changes": changes} if changes else {})))
     records.write(cfg.records, "pretrain", f"{cfg.name}/seed{cfg.seed}", rows)
     atomic_write_json(run_dir / RUNS.finished_marker, {
         "students": names, "created": env["created"],

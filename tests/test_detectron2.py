@@ -150,21 +150,35 @@ def test_detectron2_backbone_gives_the_same_feature_maps(tmp_path, config, arch,
     assert error < 1e-4
 
 
-@needs_d2
-def test_detectron2_trains_a_few_iterations_and_writes_a_record(tmp_path, tiny_coco):
-    backbone = make_backbone(tmp_path, "resnet18")
-    argv = [str(D2_CONFIGS / "mask_rcnn_R18_FPN_smoke.yaml"), "--backbone", str(backbone),
-            f"KDCL.DATA_ROOT={tiny_coco}", "KDCL.SYNTHETIC=False", "SOLVER.MAX_ITER=3",
+def tiny_d2(backbone, root, out, iters: int = 3, *extra) -> list[str]:
+    """A Mask R-CNN smoke run of `iters` iterations on the tiny scenes."""
+    return [str(D2_CONFIGS / "mask_rcnn_R18_FPN_smoke.yaml"), "--backbone", str(backbone),
+            f"KDCL.DATA_ROOT={root}", "KDCL.SYNTHETIC=False", f"SOLVER.MAX_ITER={iters}",
             "SOLVER.STEPS=(2,)", "SOLVER.WARMUP_ITERS=1", "SOLVER.IMS_PER_BATCH=2",
             "INPUT.MIN_SIZE_TRAIN=(64,)", "INPUT.MIN_SIZE_TEST=64", "DATALOADER.NUM_WORKERS=0",
-            f"KDCL.OUTPUT_ROOT={tmp_path / 'runs'}", f"KDCL.RECORDS={tmp_path / 'records'}"]
+            f"KDCL.OUTPUT_ROOT={out / 'runs'}", f"KDCL.RECORDS={out / 'records'}", *extra]
+
+
+@needs_d2
+def test_detectron2_trains_a_few_iterations_and_writes_a_record(tmp_path, tiny_coco, capsys):
+    backbone = make_backbone(tmp_path, "resnet18")
+    argv = tiny_d2(backbone, tiny_coco, tmp_path)
     assert cli.main(argv) == 0
+    # the console: the project's lines only; Detectron2's log (environment, config, metrics,
+    # pycocotools' tables) in log.txt
+    out, err = capsys.readouterr()
+    assert out == "" and all(" transfer] " in line for line in err.splitlines()), err
+    for expected in ("writing to ", "iter 3/3 | loss ", "evaluating on 6 images", "result: bbox_AP"):
+        assert expected in err
     (record,) = read_records(tmp_path)
     assert record["backend"] == "detectron2" and record["task"] == "instance_segmentation"
     assert set(record["metrics"]) >= {"bbox_AP", "segm_AP", "segm_AP50"}
     run_dir = Path(record["run_dir"])
     assert (run_dir / "result.json").is_file() and (run_dir / "model_final.pth").is_file()
     assert not list(run_dir.glob(".*.partial.pth"))
+    log = (run_dir / "log.txt").read_text()
+    assert "Environment info:" in log and "Average Precision" in log and "result: bbox_AP" in log
+    assert record["resumes"] == 0 and "resume_note" not in record
     # a second run of a finished config refuses; --resume is a no-op
     assert cli.main(argv) == 2
     assert cli.main(argv + ["--resume"]) == 0
@@ -201,15 +215,15 @@ def test_detectron2_names_splits_with_other_categories(tmp_path, tiny_coco, caps
 
 
 @needs_d2
-def test_syncbn_falls_back_to_bn_in_one_process():
+def test_syncbn_falls_back_to_bn_in_one_process(caplog):
     import logging
 
     from transfer.backends.detectron2 import launcher
     from transfer.backends.detectron2 import config as d2config
 
     cfg = d2config.load(D2_CONFIGS / "mask_rcnn_R18_FPN_paper14ep_syncbn.yaml")
-    with pytest.warns(UserWarning, match="SyncBN has no effect"):
-        launcher.fall_back_from_syncbn(cfg, 1, logging.getLogger("test"))
+    launcher.fall_back_from_syncbn(cfg, 1, logging.getLogger("test"))
+    assert "SyncBN has no effect in a single process" in caplog.text
     assert cfg.MODEL.RESNETS.NORM == cfg.MODEL.FPN.NORM == cfg.MODEL.ROI_MASK_HEAD.NORM == "BN"
 
 
@@ -217,3 +231,33 @@ def test_tiny_coco_fixture_matches(tiny_coco):
     assert TINY_COCO["train_images"] == len(list((tiny_coco / "train2017").iterdir()))
     assert models.label("resnet18") == "resnet18"
     assert KdclError
+
+
+@needs_d2
+def test_detectron2_records_a_resume_and_what_may_differ(tmp_path, tiny_coco, monkeypatch):
+    """Detectron2 resumes the weights, optimizer and iteration but starts its data order and
+    random streams again: the record says the run was resumed and what may differ, and its
+    wall time adds the first process's (saved in the checkpoint it resumed from)."""
+    from detectron2.engine import DefaultTrainer
+
+    backbone = make_backbone(tmp_path, "resnet18")
+    argv = tiny_d2(backbone, tiny_coco, tmp_path, 4, "SOLVER.CHECKPOINT_PERIOD=2")
+    real = DefaultTrainer.run_step
+
+    def interrupted(self):  # Ctrl-C after the checkpoint of iteration 2
+        if self.iter == 2:
+            raise KeyboardInterrupt
+        real(self)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(DefaultTrainer, "run_step", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            cli.main(argv)
+    (checkpoint,) = tmp_path.rglob("model_0000001.pth")
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["trainer"]["hooks"]
+    (first,) = [state["wall_seconds"] for name, state in saved.items() if "TrainingTime" in name]
+    assert cli.main(argv + ["--resume"]) == 0
+    (record,) = read_records(tmp_path)
+    assert record["resumes"] == 1
+    assert "start again from SEED" in record["resume_note"]
+    assert record["wall_seconds"] > round(first, 1) > 0

@@ -1,6 +1,7 @@
 """The mmsegmentation backend: mmcv's compiled ops, conversion fidelity, configs, end-to-end
 runs on the generated scenes, kill-and-resume, and the bad-input messages."""
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from PIL import Image
 
 from kdcl_common import artifact
 from transfer import cli, convert
-from transfer.backends.mmseg import launcher
+from transfer.backends.mmseg import extensions, launcher
 
 from .conftest import REPO, make_backbone, torchrun, tiny_mmseg_overrides, read_records
 
@@ -101,9 +102,10 @@ def backbones(tmp_path_factory):
 
 @pytest.mark.parametrize("config,backbone", [("sem-fpn_r18_smoke", "resnet18"),
                                              ("upernet_mbv2_smoke", "mobilenet_v2_x0.5")])
-def test_trains_evaluates_and_records_miou(tmp_path, tiny_coco, backbones, config, backbone):
-    with pytest.warns(UserWarning, match="SyncBN has no effect on the CPU"):
-        assert run(config, backbones[backbone], tiny_coco, tmp_path) == 0
+def test_trains_evaluates_and_records_miou(tmp_path, tiny_coco, backbones, config, backbone,
+                                          capsys):
+    assert run(config, backbones[backbone], tiny_coco, tmp_path) == 0
+    assert "SyncBN has no effect on the CPU: using BN" in capsys.readouterr().err
     (record,) = read_records(tmp_path)
     assert record["task"] == "semantic_segmentation" and record["backend"] == "mmseg"
     assert record["backbone"] == backbone and record["classes"] == 7
@@ -119,29 +121,122 @@ def test_trains_evaluates_and_records_miou(tmp_path, tiny_coco, backbones, confi
     assert again["mIoU"] == pytest.approx(record["metrics"]["mIoU"], abs=0.01)
 
 
-def test_kill_and_resume(tmp_path, tiny_coco, backbones):
-    """SIGKILL a run after its first checkpoint, then resume it: mmengine's own checkpoint must
-    load with torch.load(weights_only=True) and training continue from its iteration."""
-    args = [sys.executable, "-m", "transfer", str(MMSEG / "sem-fpn_r18_smoke.py"), "--backbone",
-            str(backbones["resnet18"]),
-            *tiny_mmseg_overrides(tiny_coco, tmp_path, iters=40,
-                                  **{"default_hooks.checkpoint.interval": 4})]
+def command(backbone, root, out, iters, checkpoint_interval, *flags) -> list[str]:
+    """`python -m transfer` of the r18 Semantic FPN smoke config, shrunk to `iters` iterations."""
+    return [sys.executable, "-m", "transfer", str(MMSEG / "sem-fpn_r18_smoke.py"), "--backbone",
+            str(backbone), *tiny_mmseg_overrides(root, out, iters=iters, **{
+                "default_hooks.checkpoint.interval": checkpoint_interval}), *flags]
+
+
+def final_weights(out: Path, iters: int) -> dict:
+    (checkpoint,) = out.rglob(f"iter_{iters}.pth")
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} of {len(a)} tensors differ, e.g. {different[:3]}"
+
+
+def record_of(out: Path) -> dict:
+    (record,) = read_records(out)
+    return record
+
+
+def test_kill_and_resume_ends_as_an_uninterrupted_run(tmp_path, tiny_coco, backbones):
+    """SIGKILL a run after its first checkpoint and resume it: mmengine's own checkpoint loads
+    with torch.load(weights_only=True), and the resumed run ends with the weights and mIoU of
+    the uninterrupted one (mmengine restores no random state: the resumed iterations drew the
+    dropout masks of the first ones). The record counts the resume and the time of both
+    processes."""
+    iters, killed, whole = 8, tmp_path / "killed", tmp_path / "whole"
+    args = command(backbones["resnet18"], tiny_coco, killed, iters, 4)
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 180
-    while not list((tmp_path / "runs").rglob("iter_4.pth")):
+    while not list(killed.rglob("iter_4.pth")):
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         assert time.time() < deadline
-        time.sleep(0.1)
+        time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    (checkpoint,) = list((tmp_path / "runs").rglob("iter_4.pth"))
-    assert not (checkpoint.parent / "result.json").exists(), "finished before it was killed"
+    (checkpoint,) = killed.rglob("iter_4.pth")
+    run_dir = checkpoint.parent
+    assert not (run_dir / "result.json").exists(), "finished before it was killed"
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     assert state["meta"]["iter"] == 4
-    done = subprocess.run(args + ["--resume"], cwd=REPO, capture_output=True, text=True)
+    assert cli.main(args[3:] + ["--resume"]) == 0
+    assert cli.main(command(backbones["resnet18"], tiny_coco, whole, iters, 4)[3:]) == 0
+    assert_same_weights(final_weights(killed, iters), final_weights(whole, iters))
+    resumed, uninterrupted = record_of(killed), record_of(whole)
+    assert resumed["metrics"] == uninterrupted["metrics"]
+    assert "Auto resumed from the latest checkpoint" in (run_dir / "log.txt").read_text()
+    assert (resumed["resumes"], uninterrupted["resumes"]) == (1, 0)
+    first = state[extensions.ExactResume.KEY]["wall_seconds"]  # the killed process's, saved
+    assert resumed["wall_seconds"] > round(first, 1) > 0
+
+
+def interrupt_at_iteration(monkeypatch, n: int) -> None:
+    """Ctrl-C (KeyboardInterrupt) in mmengine's train loop before iteration `n`."""
+    from mmengine.runner import IterBasedTrainLoop
+
+    real = IterBasedTrainLoop.run_iter
+
+    def run_iter(self, data_batch):
+        if self.iter + 1 == n:
+            raise KeyboardInterrupt
+        return real(self, data_batch)
+
+    monkeypatch.setattr(IterBasedTrainLoop, "run_iter", run_iter)
+
+
+def test_weights_left_by_a_stopped_run_are_never_trained_from(tmp_path, tiny_coco,
+                                                              monkeypatch):
+    """A run stopped before its first checkpoint leaves its converted weights in the folder.
+    The next command there, with other weights at the same path, starts afresh (even with
+    --resume, as there is nothing to resume): it must train the new weights, as a fresh run of
+    them does, and not the converted file it finds."""
+    backbone = make_backbone(tmp_path / "exports", "resnet18", weights_seed=1)
+    with monkeypatch.context() as patch:
+        interrupt_at_iteration(patch, 2)
+        with pytest.raises(KeyboardInterrupt):
+            cli.main(command(backbone, tiny_coco, tmp_path, 40, 1000)[3:])
+    assert list(tmp_path.glob("runs/**/backbone.pth")) and not list(tmp_path.rglob("iter_*.pth"))
+    assert make_backbone(tmp_path / "exports", "resnet18", weights_seed=2) == backbone
+    assert cli.main(command(backbone, tiny_coco, tmp_path, 2, 1000, "--resume")[3:]) == 0
+    assert cli.main(command(backbone, tiny_coco, tmp_path / "fresh", 2, 1000)[3:]) == 0
+    assert_same_weights(final_weights(tmp_path / "runs", 2), final_weights(tmp_path / "fresh", 2))
+    assert record_of(tmp_path)["backbone_sha256"] == record_of(tmp_path / "fresh")["backbone_sha256"]
+
+
+def test_the_console_holds_the_projects_lines_and_log_txt_the_frameworks(tmp_path, tiny_coco,
+                                                                        backbones, capsys,
+                                                                        monkeypatch):
+    """An mmseg run prints the same kind of lines as every backend (start, progress, result,
+    where the log is); mmengine's environment, config, hook table and per-class table go to
+    log.txt, and --verbose shows them on the console again."""
+    args = command(backbones["resnet18"], tiny_coco, tmp_path, 2, 2)
+    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "Auto resumed from the latest checkpoint" in done.stdout + done.stderr
-    assert (checkpoint.parent / "result.json").is_file()
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert all(re.match(r"\[\d\d:\d\d:\d\d transfer\] ", l) for l in lines), done.stderr
+    text = "\n".join(lines)
+    run_dir = Path(record_of(tmp_path)["run_dir"])
+    for expected in (f"writing to {run_dir}", "SyncBN has no effect on the CPU",
+                     "iter 2/2 | loss ", "evaluating on 6 images", "result: mIoU ",
+                     f"the full log is {run_dir / 'log.txt'}"):
+        assert expected in text
+    assert len(lines) <= 8
+    log = (run_dir / "log.txt").read_text()
+    for framework in ("System environment:", "Config:", "before_train_iter:",
+                      "per class results:", "UserWarning"):
+        assert framework in log
+    assert lines[0] in log and "result: mIoU " in log
+    monkeypatch.setenv("KDCL_VERBOSE", "")  # restored after the test: --verbose sets it
+    assert cli.main(args[3:] + ["--eval-only", "--verbose"]) == 0
+    loud = capsys.readouterr()
+    assert "per class results:" in loud.out and "evaluated " in loud.err
 
 
 def copy_scenes(tiny_coco, tmp_path) -> Path:
@@ -163,6 +258,7 @@ def test_label_values_outside_the_classes(tmp_path, tiny_coco, backbones, capsys
     error = err[err.index("error: "):]  # a worker's error: its message only
     assert error.startswith(f"error: {victim} holds label values [9] outside the 7 classes")
     assert "Traceback" not in err and len(error.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()  # found while loading, before any checkpoint
 
 
 def test_images_and_labels_must_pair_up(tmp_path, tiny_coco, backbones, capsys):

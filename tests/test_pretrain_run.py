@@ -223,3 +223,5 @@ def test_kill_and_resume_reaches_the_same_weights(tmp_path, tiny_root):
         b = torch.load(run_dir / f"export/{name}.pth", weights_only=True)
         for key in a:
             assert torch.equal(a[key], b[key]), (name, key)
+    for out, resumes in ((straight, 0), (killed, 1)):
+        assert {r["resumes"] for r in read_records(out)} == {resumes}

@@ -58,7 +58,7 @@ def test_resume_eval_only_and_finished_runs(tmp_path, tiny_coco, backbones, caps
     assert run("smoke_faster_rcnn_fpn", backbone, tiny_coco, tmp_path) == 2
     assert "holds a finished run" in capsys.readouterr().err
     assert run("smoke_faster_rcnn_fpn", backbone, tiny_coco, tmp_path, flags=["--resume"]) == 0
-    assert len(records(tmp_path)) == 1
+    assert len(records(tmp_path)) == 1 and records(tmp_path)[0]["resumes"] == 0
     assert run("smoke_faster_rcnn_fpn", backbone, tiny_coco, tmp_path, "optim.lr=0.5",
                flags=["--resume"]) == 2
     assert "optim.lr: 0.01 -> 0.5" in capsys.readouterr().err
@@ -297,3 +297,4 @@ def test_after_a_nan_stop_resume_accepts_a_lower_learning_rate(tmp_path, tiny_co
                "train.log_interval=1", "optim.lr=0.005", flags=["--resume"]) == 0
     (record,) = records(tmp_path)
     assert record["config_changes"][0]["diff"] == ["  optim.lr: 0.01 -> 0.005"]
+    assert record["resumes"] == 1

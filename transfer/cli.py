@@ -10,8 +10,9 @@ config kept elsewhere:
 from __future__ import annotations
 
 import argparse
+import os
 
-from kdcl_common import runs
+from kdcl_common import logs, runs
 from kdcl_common.cli import guarded
 from kdcl_common.config import describe
 
@@ -32,6 +33,7 @@ examples:
   python -m transfer CONFIG --backbone PATH --resume     # continue a killed run
   python -m transfer CONFIG --backbone PATH --restart    # archive the run, run it again
   python -m transfer CONFIG --backbone PATH --eval-only  # evaluate a trained run again
+  python -m transfer CONFIG --backbone PATH --verbose    # the framework's output on the console
 
 Overrides are key=value: for the torchvision backend the keys below; for Detectron2 its own
 keys (SOLVER.BASE_LR=0.02); for mmseg its config's keys (train_cfg.max_iters=1000).
@@ -78,6 +80,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                       help="evaluate the run's trained weights instead of training")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config (fitted to the backbone) and exit")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the framework's own output (mmengine's, Detectron2's) on the "
+                             f"console too, not only in the run's log.txt (or {logs.VERBOSE}=1)")
     for backend in registered():
         if backend.options:
             group = parser.add_argument_group(f"{backend.name} backend only")
@@ -90,6 +95,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_intermixed_args(argv)
+    if args.verbose:
+        os.environ[logs.VERBOSE] = "1"  # for the processes a framework starts too
 
     def body() -> int:
         from . import lifecycle

@@ -9,12 +9,18 @@ adds):
    decided by the policy of kdcl_common/runs.py: start, resume, restart, or already finished;
    the run's identity is its resolved config and the backbone's sha256;
 4. the folder is written (run.json, the config, environment.json), then the backend trains;
+   a data error before the first checkpoint removes the folder this command made;
 5. the result record is written only from an evaluation that saw images, then result.json,
    which marks the run finished.
+
+The console is the same for every backend: the start line, the backend's progress
+(kdcl_common.logs.Progress), the result and where the full log is; a framework's own output
+goes to the run's log.txt (kdcl_common.logs.framework_output) unless --verbose.
 """
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -23,7 +29,7 @@ from kdcl_common import distributed as kdist
 from kdcl_common import records
 from kdcl_common.distributed import DistContext
 from kdcl_common.io import atomic_write_json
-from kdcl_common.logs import get_logger
+from kdcl_common.logs import get_logger, metrics_text
 from kdcl_common.provenance import environment
 from kdcl_common.runs import FINISHED, RESUME, START, Identity, Policy, RunFolder, RunSession
 
@@ -31,6 +37,7 @@ from . import naming
 from .backends.base import Backend, Spec
 
 FINISHED_MARKER = "result.json"
+LOGGER = "transfer"  # the project's console and log.txt lines, in every backend
 
 
 @dataclass
@@ -74,11 +81,14 @@ class TransferRun:
             pretrain_config=meta.get("config_name"), pretrain_seed=meta.get("seed"),
             pretrain_run=meta.get("run_dir"), icl=meta.get("icl"),
             group="+".join(meta.get("students", [])), evaluated_images=evaluated_images,
-            images_per_second=images_per_second, **(spec.extra or {}), **extra,
-            **({"config_changes": changes} if changes else {}))
+            images_per_second=images_per_second, resumes=identity.resumes(self.run_dir),
+            **(spec.extra or {}), **extra, **({"config_changes": changes} if changes else {}))
         records.write(spec.records, "transfer", self.run_dir.relative_to(spec.output_root),
                       [record])
         atomic_write_json(self.run_dir / FINISHED_MARKER, record)
+        logging.getLogger(LOGGER).info(
+            f"result: {metrics_text(metrics)} (record appended to {spec.records}; the full log "
+            f"is {self.run_dir / 'log.txt'})")
         return record
 
     def finish_evaluation(self, metrics: dict, evaluated_images: int, checkpoint: str) -> Path:
@@ -90,6 +100,8 @@ class TransferRun:
                                 "config_hash": Identity(self.spec.config, locations=self.spec
                                                         .location_keys).config_hash,
                                 "backbone_sha256": self.meta["sha256"]})
+        logging.getLogger(LOGGER).info(f"evaluated {checkpoint} on {self.spec.evaluation_split}: "
+                                       f"{metrics_text(metrics)} (written to {out})")
         return out
 
     def _check_evaluated(self, images: int) -> None:
@@ -181,7 +193,7 @@ def run(backend: Backend, args) -> int:
 
 
 def _run(backend: Backend, args, resolved: Resolved, ctx: DistContext) -> int:
-    logger = get_logger("transfer", ctx.rank)
+    logger = get_logger(LOGGER, ctx.rank)
     spec, backbone, meta, folder = (resolved.spec, resolved.backbone, resolved.meta,
                                     resolved.folder)
     run_dir = folder.path
@@ -212,9 +224,9 @@ def _run(backend: Backend, args, resolved: Resolved, ctx: DistContext) -> int:
                 indent=2, default=str) + "\n"})
         logger.info(f"{spec.name} ({spec.task}, protocol {spec.protocol}) on {backbone} "
                     f"({meta['architecture']}, {meta.get('method')}), {backend.name}: "
-                    f"{ctx.world_size} process(es); writing to {run_dir}"
-                    + (f"; resumed with {'; '.join(c.strip() for c in folder.changes)}"
-                       if folder.changes else ""))
+                    f"{ctx.world_size} process(es); writing to {run_dir} (full log: log.txt "
+                    f"there)" + (f"; resumed with {'; '.join(c.strip() for c in folder.changes)}"
+                                 if folder.changes else ""))
         backend.train(transfer)
     return 0
 

@@ -110,18 +110,21 @@ class Backend(Base):
         return evaluated
 
     def _launch(self, run, mode: str) -> None:
-        from detectron2.engine import launch
+        from kdcl_common.logs import framework_output
 
         from . import launcher, weights
 
-        if mode == "train" and not run.resuming:
+        if mode == "train":  # at every start, from the backbone the run names (never reused)
             weights.save(self.converted, run.run_dir / "backbone.pkl",
                          author=f"kdcl-bench ({run.backbone})")
-        launch(launcher.worker, option(self.args, "num_gpus", 1),
-               num_machines=option(self.args, "num_machines", 1),
-               machine_rank=option(self.args, "machine_rank", 0),
-               dist_url=option(self.args, "dist_url", "auto"),
-               args=(run.without_weights(), self.cfg.clone(), mode))
+        with framework_output(run.run_dir / "log.txt"):  # what importing Detectron2 logs too
+            from detectron2.engine import launch
+
+            launch(launcher.worker, option(self.args, "num_gpus", 1),
+                   num_machines=option(self.args, "num_machines", 1),
+                   machine_rank=option(self.args, "machine_rank", 0),
+                   dist_url=option(self.args, "dist_url", "auto"),
+                   args=(run.without_weights(), self.cfg.clone(), mode))
 
     def train(self, run) -> None:
         self._launch(run, "train")

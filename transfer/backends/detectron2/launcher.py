@@ -4,20 +4,25 @@ Per run: check that the backbone's architecture fits the config; take the input 
 pixel mean/std from its preprocessing contract; check the COCO splits; convert its weights to
 Detectron2's pickle, checked key by key against the backbone Detectron2 builds from the config;
 then, in every process Detectron2's `launch` starts, train with DefaultTrainer (checkpoints
-written atomically) and evaluate with COCOEvaluator.
+written atomically) and evaluate with COCOEvaluator. Detectron2's own log (environment, config,
+metrics, evaluation tables) goes to the run's log.txt; the console has the project's lines
+(kdcl_common/logs.py) unless --verbose.
 """
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import os
 import time
-import warnings
 import weakref
 from pathlib import Path
 
-from kdcl_common import ConfigError, DataError, NonFiniteLossError
+from kdcl_common import ConfigError, DataError, NonFiniteLossError, identity
 from kdcl_common.io import atomic_write_text
+from kdcl_common.logs import (Progress, attach_file, drop_console_handlers, framework_output,
+                              get_logger, verbose)
+
+from ...lifecycle import LOGGER
 
 NORM_KEYS = ("MODEL.RESNETS.NORM", "MODEL.MOBILENET_V2.NORM", "MODEL.FPN.NORM",
              "MODEL.ROI_BOX_HEAD.NORM", "MODEL.ROI_MASK_HEAD.NORM")
@@ -27,6 +32,10 @@ RECOVERY_ADVICE = ("Lower SOLVER.BASE_LR or lengthen SOLVER.WARMUP_ITERS, and co
                    "same command plus --resume and the new value: after this stop, --resume "
                    "accepts new values of these keys, from the last checkpoint on, and the "
                    "record lists the change.")
+RESUME_NOTE = ("Detectron2 resumes the weights, optimizer, LR schedule and iteration, but its "
+               "data sampler and random generators start again from SEED: the iterations after "
+               "the checkpoint saw other images and augmentations than an uninterrupted run's, "
+               "so the metrics may differ from it by the spread of a changed data order")
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -80,9 +89,7 @@ def fall_back_from_syncbn(cfg, world_size: int, logger) -> None:
         _set(cfg, key, "BN")
     if changed:
         where = "on the CPU" if cfg.MODEL.DEVICE == "cpu" else "in a single process"
-        message = (f"SyncBN has no effect {where}: using BN for {', '.join(changed)}")
-        logger.warning(message)
-        warnings.warn(message, stacklevel=2)
+        logger.warning(f"SyncBN has no effect {where}: using BN for {', '.join(changed)}")
 
 
 # ------------------------------------------------------------------------------------- data
@@ -129,10 +136,47 @@ def register_datasets(cfg) -> int:
 
 
 # -------------------------------------------------------------------------------- training
-def _trainer_class():
+def _trainer_class(evaluated: int):
     from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.engine import DefaultTrainer, hooks
+    from detectron2.engine import DefaultTrainer, HookBase, hooks
     from detectron2.evaluation import COCOEvaluator
+    from detectron2.utils import comm
+
+    class TrainingTime(HookBase):
+        """The training time over resumes: Detectron2 saves the hooks' state_dict in each
+        checkpoint, so a resumed run adds the earlier processes' time (up to the checkpoint)."""
+
+        def __init__(self):
+            self.started, self.before = time.perf_counter(), 0.0
+
+        @property
+        def seconds(self) -> float:
+            return self.before + time.perf_counter() - self.started
+
+        def state_dict(self):
+            return {"wall_seconds": self.seconds}
+
+        def load_state_dict(self, state):
+            self.before = state["wall_seconds"]
+
+    class ConsoleProgress(HookBase):
+        """The run's progress on the project's console (kdcl_common.logs.Progress), at least
+        Detectron2's metric-printing period (20 iterations) apart."""
+
+        def before_train(self):
+            trainer = self.trainer
+            self.progress = Progress(logging.getLogger(LOGGER), trainer.max_iter,
+                                     done=trainer.start_iter, rank=comm.get_rank(), interval=20,
+                                     images_per_step=trainer.cfg.SOLVER.IMS_PER_BATCH)
+
+        def after_step(self):
+            histories = self.trainer.storage.histories()
+            latest = {key: histories[name].latest() for key, name in
+                      (("loss", "total_loss"), ("lr", "lr")) if name in histories}
+            self.progress.update(self.trainer.iter + 1, **latest)
+
+        def after_train(self):
+            self.progress.close()
 
     class AtomicCheckpointer(DetectionCheckpointer):
         """Detectron2's checkpointer, made atomic: it writes to a temporary name, renames it in
@@ -174,7 +218,13 @@ def _trainer_class():
             for hook in built:  # Detectron2 keeps every periodic checkpoint; keep the last few
                 if isinstance(hook, hooks.PeriodicCheckpointer):
                     hook.max_to_keep = self.cfg.KDCL.KEEP_CHECKPOINTS
-            return built
+            self.training_time = TrainingTime()  # before resume_or_load, which loads its state
+            return [*built, self.training_time, ConsoleProgress()]
+
+        @classmethod
+        def test(cls, cfg, model, evaluators=None):
+            logging.getLogger(LOGGER).info(f"evaluating on {evaluated} images")
+            return super().test(cfg, model, evaluators)
 
         @classmethod
         def build_evaluator(cls, cfg, dataset_name):
@@ -208,6 +258,31 @@ def metrics_of(results: dict) -> dict:
     return out
 
 
+def project_logger(run, rank: int) -> logging.Logger:
+    """The project's console and log.txt logger in this process: the lifecycle's, or, in a
+    process Detectron2's launch started, one set up the same way."""
+    logger = logging.getLogger(LOGGER)
+    if not logger.handlers:
+        logger = get_logger(LOGGER, rank)
+        if rank == 0:
+            attach_file(logger, run.run_dir / "log.txt")
+    return logger
+
+
+def setup(cfg, args) -> None:
+    """Detectron2's default_setup (its loggers, with the environment and config in log.txt;
+    the seed); unless verbose, the console handlers it gives its loggers write nowhere and are
+    removed."""
+    from detectron2.engine import default_setup
+
+    if verbose():
+        default_setup(cfg, args)
+        return
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+        default_setup(cfg, args)
+        drop_console_handlers("detectron2", "fvcore", streams=(null,))
+
+
 class Arguments:
     """What Detectron2's default_setup logs as the command line."""
 
@@ -222,14 +297,11 @@ def worker(run, cfg, mode: str) -> None:
     """What every process of the run does (Detectron2's `launch` calls it on each): train
     ('train') or evaluate the last checkpoint ('eval'), and on the main process finish."""
     import torch
-    from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.data import DatasetCatalog
-    from detectron2.engine import default_setup
     from detectron2.utils import comm
 
     from . import mobilenet  # noqa: F401  registers the MobileNetV2 backbone in this process
 
-    logger = logging.getLogger("kdcl.transfer")
+    logger = project_logger(run, comm.get_rank())
     world = comm.get_world_size()
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
@@ -239,9 +311,18 @@ def worker(run, cfg, mode: str) -> None:
     cfg.OUTPUT_DIR = str(run.run_dir)
     cfg.MODEL.WEIGHTS = str(run.run_dir / "backbone.pkl")  # written by the backend's train
     cfg.freeze()
-    default_setup(cfg, Arguments(run.config_path, mode == "eval"))
-    Trainer = _trainer_class()
+    setup(cfg, Arguments(run.config_path, mode == "eval"))
+    with framework_output(run.run_dir / "log.txt"):  # pycocotools' prints, warnings
+        _train_or_evaluate(run, cfg, mode)
+
+
+def _train_or_evaluate(run, cfg, mode: str) -> None:
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.data import DatasetCatalog
+    from detectron2.utils import comm
+
     evaluated = len(DatasetCatalog.get(SPLITS[1]))
+    Trainer = _trainer_class(evaluated)
     if mode == "eval":
         model = Trainer.build_model(cfg)
         checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
@@ -251,7 +332,6 @@ def worker(run, cfg, mode: str) -> None:
             run.finish_evaluation(metrics_of(results), evaluated,
                                   checkpointer.get_checkpoint_file())
         return
-    start = time.time()
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=run.resuming)
     try:
@@ -261,8 +341,8 @@ def worker(run, cfg, mode: str) -> None:
                                  f"{cfg.OUTPUT_DIR} is kept. {RECOVERY_ADVICE}") from None
     results = getattr(trainer, "_last_eval_results", None) or Trainer.test(cfg, trainer.model)
     if comm.is_main_process():
-        seconds = time.time() - start
-        metrics = metrics_of(results)
-        run.finish(metrics, evaluated, world, seconds,
-                   round(cfg.SOLVER.MAX_ITER * cfg.SOLVER.IMS_PER_BATCH / seconds, 2))
-        logger.info("result: " + json.dumps(metrics))
+        seconds = trainer.training_time.seconds
+        resumed = identity.resumes(run.run_dir) > 0
+        run.finish(metrics_of(results), evaluated, comm.get_world_size(), seconds,
+                   round(cfg.SOLVER.MAX_ITER * cfg.SOLVER.IMS_PER_BATCH / seconds, 2),
+                   **({"resume_note": RESUME_NOTE} if resumed else {}))

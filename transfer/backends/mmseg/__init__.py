@@ -5,7 +5,6 @@ mmseg and mmcv are imported only when a config of this backend runs."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from kdcl_common import KdclError
@@ -110,22 +109,16 @@ class Backend(Base):
         convert.check_shapes(self.converted, target, f"mmseg's {cfg.model.backbone.type}")
         return counts["val_dataloader"]
 
-    def _runner_config(self, run):
+    def _runner_config(self, run, weights: Path):
         """The config as mmengine's Runner takes it in this process (launcher, devices)."""
         import torch
-
-        from kdcl_common import distributed as kdist
-        from kdcl_common.io import atomic_torch_save
 
         from . import extensions, launcher
 
         cfg, world, cuda = self.cfg, run.ctx.world_size, torch.cuda.is_available()
+        seed = cfg.get("randomness", {}).get("seed", 0)
         launcher.fall_back_from_syncbn(cfg, world, cuda)
         cfg.work_dir = str(run.run_dir)
-        weights = run.run_dir / "backbone.pth"  # the run's converted weights, once per run
-        if run.ctx.is_main and not weights.is_file():
-            atomic_torch_save(self.converted.state, weights)
-        kdist.barrier()
         cfg.model.backbone.init_cfg = dict(type="Pretrained", checkpoint=str(weights))
         # The process group exists (transfer/lifecycle.py), so the Runner does not make one;
         # on CPUs DDP also needs device_ids=None.
@@ -134,45 +127,62 @@ class Backend(Base):
             cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None,
                                          broadcast_buffers=False)
         cfg.custom_hooks = [*cfg.get("custom_hooks", []), dict(type="KdclMetricsHook"),
-                            dict(type="PlainCheckpointHook"), dict(type="StopOnNonFiniteLoss")]
+                            dict(type="PlainCheckpointHook"), dict(type="StopOnNonFiniteLoss"),
+                            dict(type="ExactResume", seed=seed),
+                            dict(type="ConsoleProgress",
+                                 interval=cfg.default_hooks.logger.get("interval", 50))]
         extensions.use_atomic_local_writes()
         return cfg
 
+    def _write_weights(self, run) -> Path:
+        """The converted weights the run starts from, written at every start from the backbone
+        the run names: a file left by an earlier attempt (killed before its first checkpoint,
+        of other weights at the same path) is never trained from."""
+        from kdcl_common import distributed as kdist
+        from kdcl_common.io import atomic_torch_save
+
+        weights = run.run_dir / "backbone.pth"
+        if run.ctx.is_main:
+            atomic_torch_save(self.converted.state, weights)
+        kdist.barrier()
+        return weights
+
     def train(self, run) -> None:
-        from mmengine.runner import Runner
+        from kdcl_common.logs import framework_output
 
         from . import extensions, launcher
 
-        cfg = self._runner_config(run)
+        cfg = self._runner_config(run, self._write_weights(run))
         cfg.resume, cfg.load_from = run.resuming, None
         if run.resuming and run.ctx.is_main:
             launcher.last_checkpoint(run.run_dir)  # repairs a stale pointer before mmengine reads it
-        start = time.time()
-        runner = Runner.from_cfg(cfg)
-        runner.train()
+        with framework_output(run.run_dir / "log.txt"):
+            runner = extensions.QuietRunner.from_cfg(cfg)
+            runner.train()
         if run.ctx.is_main:
-            hook = next(h for h in runner.hooks if isinstance(h, extensions.KdclMetricsHook))
-            seconds = time.time() - start
+            metrics = _hook(runner, extensions.KdclMetricsHook)
+            seconds = _hook(runner, extensions.ExactResume).wall_seconds
             batch = cfg.train_dataloader.batch_size * run.ctx.world_size
-            run.finish({k: None if hook.metrics.get(k) is None else round(float(hook.metrics[k]), 3)
-                        for k in ("mIoU", "mAcc", "aAcc")},
-                       hook.images, run.ctx.world_size, seconds,
+            run.finish({k: None if metrics.metrics.get(k) is None
+                        else round(float(metrics.metrics[k]), 3) for k in ("mIoU", "mAcc", "aAcc")},
+                       metrics.images, run.ctx.world_size, seconds,
                        round(cfg.train_cfg.max_iters * batch / seconds, 2),
                        images_per_batch=batch)
-            print("result: " + json.dumps(hook.metrics, default=float))
 
     def evaluate(self, run) -> None:
-        from mmengine.runner import Runner
+        from kdcl_common.logs import framework_output
 
         from . import extensions, launcher
 
-        cfg = self._runner_config(run)
         checkpoint = launcher.last_checkpoint(run.run_dir)
+        # the checkpoint holds every weight: the backbone's init_cfg is not read
+        cfg = self._runner_config(run, run.run_dir / "backbone.pth")
         cfg.load_from, cfg.resume = str(checkpoint), False
-        runner = Runner.from_cfg(cfg)
-        metrics = runner.val()
+        with framework_output(run.run_dir / "log.txt"):
+            runner = extensions.QuietRunner.from_cfg(cfg)
+            metrics = runner.val()
         if run.ctx.is_main:
-            hook = next(h for h in runner.hooks if isinstance(h, extensions.KdclMetricsHook))
+            hook = _hook(runner, extensions.KdclMetricsHook)
             run.finish_evaluation({k: float(v) for k, v in metrics.items()}, hook.images,
                                   str(checkpoint))
 
@@ -180,3 +190,7 @@ class Backend(Base):
         from .launcher import checkpoints
 
         return bool(checkpoints(run_dir))
+
+
+def _hook(runner, kind):
+    return next(h for h in runner.hooks if isinstance(h, kind))

@@ -11,12 +11,14 @@ checkpoints written atomically); evaluate with mmseg's IoUMetric.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
-import warnings
 from pathlib import Path
 
 from kdcl_common import ConfigError, DataError
 from kdcl_common.config import parse_overrides
+
+from ...lifecycle import LOGGER
 
 
 # ------------------------------------------------------------------------------------ config
@@ -191,8 +193,8 @@ def fall_back_from_syncbn(cfg, world_size: int, cuda: bool) -> None:
     visit(cfg.model, "model")
     if changed:
         where = "on the CPU" if not cuda else "in a single process"
-        warnings.warn(f"SyncBN has no effect {where}: using BN ({len(changed)} norm configs)",
-                      stacklevel=2)
+        logging.getLogger(LOGGER).warning(f"SyncBN has no effect {where}: using BN "
+                                          f"({len(changed)} norm configs)")
 
 
 # ------------------------------------------------------------------------------- run folders

@@ -4,7 +4,6 @@ checkpoints every epoch, pycocotools evaluation. The run folder, resume policy a
 transfer/lifecycle.py's."""
 from __future__ import annotations
 
-import json
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -311,8 +310,7 @@ def train(session: DetectionRun, run: TransferRun) -> None:
         images = sum(h["train_images"] for h in history)
         seconds = sum(h["train_seconds"] for h in history)
         run.finish(metrics, final.get("val/images", 0), ctx.world_size, wall,
-                   round(images / seconds, 2) if seconds else None)
-        logger.info("result: " + ", ".join(f"{k} {v}" for k, v in metrics.items()))
+                   round(images / seconds, 2) if seconds else None)  # logs the result
     kdist.barrier()
 
 
@@ -335,9 +333,8 @@ def evaluate_checkpoint(session: DetectionRun, run: TransferRun) -> None:
     path = CHECKPOINTS.path(run.run_dir)
     state = CHECKPOINTS.load(run.run_dir)
     session.model.load_state_dict(state["model"])
+    session.logger.info(f"evaluating the checkpoint of epoch {state['epoch']}")
     scores = session.evaluate()
     if session.ctx.is_main:
         images = scores.pop("images")
-        out = run.finish_evaluation(scores, images, str(path))
-        session.logger.info(f"evaluated epoch {state['epoch']} on {session.cfg.data.val_split}: "
-                            f"{json.dumps(scores)} (written to {out})")
+        run.finish_evaluation(scores, images, str(path))  # logs the result

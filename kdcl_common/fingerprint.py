@@ -41,7 +41,7 @@ def _walk(top: Path):
 
 
 @lru_cache(maxsize=32)
-def _of(root: str, parts: tuple[str, ...], mtime: float) -> dict:
+def _of(root: str, parts: tuple[str, ...], times: tuple) -> dict:
     base = Path(root)
     digest, files, size = hashlib.sha256(), 0, 0
     counts: dict[str, int] = {}
@@ -61,15 +61,32 @@ def _of(root: str, parts: tuple[str, ...], mtime: float) -> dict:
     return {"sha256": digest.hexdigest(), "files": files, "bytes": size, "parts": counts}
 
 
+def _folder_times(root: Path, parts: tuple[str, ...]) -> tuple:
+    """The modification times of `root`, each part and the folders right inside each part
+    (ImageNet's class folders): adding, removing or renaming a file there changes one of them.
+    A few thousand stats instead of one per file."""
+    times = []
+    for part in parts or ("",):
+        top = root / part
+        try:
+            times.append(top.stat().st_mtime_ns)
+            if top.is_dir():
+                times += [e.stat().st_mtime_ns for e in os.scandir(top) if e.is_dir()]
+        except FileNotFoundError:
+            times.append(None)
+    return (root.stat().st_mtime_ns, *times)
+
+
 def of(root: str | os.PathLike, parts: tuple[str, ...] = ()) -> dict:
     """The fingerprint of the files under `root`/`part` for each of `parts` (files or folders;
-    none: the whole of `root`). Cached per process while the root's modification time holds."""
+    none: the whole of `root`). Cached per process while the folders' modification times hold
+    (the chain checks many runs of one dataset)."""
     root = Path(root).resolve()
     try:
-        mtime = root.stat().st_mtime
+        times = _folder_times(root, tuple(parts))
     except FileNotFoundError:
         return {"sha256": None, "files": 0, "bytes": 0, "parts": {}}
-    return dict(_of(str(root), tuple(parts), mtime))
+    return dict(_of(str(root), tuple(parts), times))
 
 
 def as_input(root: str | os.PathLike, parts: tuple[str, ...] = ()) -> dict:

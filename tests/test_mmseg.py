@@ -87,6 +87,35 @@ def test_unknown_override_names_the_nearest_key():
         launcher.load(EXPERIMENTS[0], ["train_cfg.max_iter=3"])
 
 
+@pytest.mark.parametrize("text,message", [
+    (b"\x89PNG\r\n\x1a\n\x00", "{path} is not a text file (byte 0 is not UTF-8): a config "
+                                "is a Python text file; was a checkpoint, image or archive "
+                                "given in its place?"),
+    (b"_base_ = [3]\n", "{path}, line 1: _base_ = [3] must name a config file or a list of "
+                        "them, e.g. _base_ = ['./_base_/upernet_torchvision.py', "
+                        "'./_base_/coco-stuff164k_80k.py']"),
+    (f"x = {'[' * 2000}{']' * 2000}\n".encode(), "{path}, line 1, is not valid Python (too "
+                                                  "many nested parentheses): an mmseg config is "
+                                                  "a Python file like those in "
+                                                  "transfer/configs/mmseg"),
+], ids=["binary", "base", "deep"])
+def test_a_config_file_that_is_no_config_is_refused(tmp_path, capsys, text, message):
+    path = tmp_path / "bad.py"
+    path.write_bytes(text)
+    assert cli.main([str(path), "--backbone", str(make_backbone(tmp_path, "resnet18"))]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {message.format(path=path)}\n"
+
+
+def test_an_alias_in_an_override_is_refused(capsys):
+    assert cli.main([str(MMSEG / "sem-fpn_r18_smoke.py"), "--backbone", "unused.pth",
+                     "train_cfg.max_iters=[&n 8, *n]"]) == 2
+    assert capsys.readouterr().err == (
+        "error: override 'train_cfg.max_iters=[&n 8, *n]' holds a YAML anchor or alias "
+        "(&name, *name), which an override may not use: write the value out in full (a string "
+        "that starts with * or & must be quoted: key='\"*text\"')\n")
+
+
 def run(config, backbone, root, out, *extra, flags=()):
     return cli.main([str(MMSEG / f"{config}.py"), "--backbone", str(backbone),
                      *tiny_mmseg_overrides(root, out), *extra, *flags])

@@ -8,6 +8,7 @@ import pytest
 from transfer import cli
 
 from .conftest import REPO, make_backbone, torchrun, tiny_transfer_overrides
+from .test_config import alias_tree
 
 TV = REPO / "transfer" / "configs" / "torchvision"
 
@@ -95,6 +96,25 @@ def test_bad_input_messages(tmp_path, tiny_coco, backbones, capsys):
     assert run("smoke_faster_rcnn_fpn", backbone, tiny_coco, tmp_path, "name=../x") == 2
     assert "name='../x' must be a relative path" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("text,message", [
+    (b"PK\x03\x04\x9c\xff", "{path} is not a text file (byte 4 is not UTF-8): a config is a "
+                            "YAML text file; was a checkpoint, image or archive given in its "
+                            "place?"),
+    (b"_base_: [3]\n", "{path}: _base_: [3] must name a config file or a list of them, as "
+                       "paths relative to {folder}"),
+    (f"a: {'[' * 2000}{']' * 2000}\n".encode(), "{path} is nested more than 50 levels deep"),
+    (f"_base_: _base_/smoke.yaml\nx: {alias_tree()}\n".encode(),
+     "{path}, line 2, has YAML aliases (*name) that expand to more than 100,000 values"),
+], ids=["binary", "base", "deep", "aliases"])
+def test_a_config_file_that_is_no_config_is_refused(tmp_path, backbones, capsys, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(text)
+    assert cli.main([str(path), "--backbone", str(backbones["resnet18"])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: " + message.format(path=path, folder=tmp_path)), err
+    assert "Traceback" not in err
 
 
 def test_syncbn_falls_back_with_a_warning(tmp_path, tiny_coco, backbones, capsys):

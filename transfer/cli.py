@@ -16,7 +16,7 @@ import yaml
 
 from kdcl_common import ConfigError, KdclError, user_message
 from kdcl_common import runs
-from kdcl_common.config import describe
+from kdcl_common.config import describe, read_text, safe_load_yaml
 
 from .backends import BACKENDS
 from .backends.base import Backend, refuse_other_options
@@ -61,7 +61,7 @@ def backend_of(config: str | Path) -> type[Backend]:
     data = None
     if path.suffix in (".yaml", ".yml"):
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = safe_load_yaml(read_text(path), str(path)) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path} is not valid YAML: {e}") from None
     for backend in registered():

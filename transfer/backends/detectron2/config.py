@@ -15,6 +15,7 @@ from detectron2 import model_zoo
 from detectron2.config import CfgNode, get_cfg
 
 from kdcl_common import ConfigError
+from kdcl_common.config import read_text, safe_load_yaml
 
 from . import mobilenet
 
@@ -44,8 +45,17 @@ def default_config() -> CfgNode:
 def _merge_file(cfg: CfgNode, path: Path, seen: tuple[Path, ...] = ()) -> None:
     if path in seen:
         raise ConfigError(f"circular _BASE_ chain: {' -> '.join(map(str, (*seen, path)))}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = safe_load_yaml(read_text(path), str(path)) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys to values, not "
+                          f"{type(data).__name__}")
     base = data.pop("_BASE_", None)
+    if base is not None and (not isinstance(base, str) or not base):
+        raise ConfigError(f"{path}: _BASE_: {base!r} must name one config: a file beside it or "
+                          f"a Detectron2 model-zoo config (e.g. _BASE_: _paper14ep_syncbn.yaml)")
     if base is not None:
         local = (path.parent / base).resolve()
         if local.is_file():

@@ -138,6 +138,9 @@ def test_yaml_reads_floats_without_a_dot():
     (["data.held_out_per_class=-1"], "data.held_out_per_class=-1 must be >= 0"),
     (["data.max_corrupt_fraction=1"], "data.max_corrupt_fraction=1.0 must be in [0, 1)"),
     (["data.max_corrupt_fraction=-0.1"], "data.max_corrupt_fraction=-0.1 must be in [0, 1)"),
+    (["data.max_image_pixels=0"], "data.max_image_pixels=0 must be a number of pixels in [1, "
+                                  "178,956,970] (default 89,478,485; PIL refuses larger images "
+                                  "itself)"),
     (["data.color_jitter=-0.4"], "data.color_jitter=-0.4 must be >= 0"),
     (["data.synthetic.classes=0"], "data.synthetic.classes=0 must be > 0"),
     (["data.synthetic.train_per_class=-5"], "data.synthetic.train_per_class=-5 must be > 0"),

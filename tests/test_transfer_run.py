@@ -315,3 +315,98 @@ def test_after_a_nan_stop_resume_accepts_a_lower_learning_rate(tmp_path, tiny_co
                "train.log_interval=1", "optim.lr=0.005", flags=["--resume"]) == 0
     (record,) = records(tmp_path)
     assert record["config_changes"][0]["diff"] == ["  optim.lr: 0.01 -> 0.005"]
+
+
+def scenes(tiny_coco, tmp_path, change=None):
+    """A copy of the tiny scenes; `change(data)` edits its training annotations."""
+    root = tmp_path / "coco"
+    shutil.copytree(tiny_coco, root, symlinks=True)
+    file = root / "annotations" / "instances_train2017.json"
+    data = json.loads(file.read_text())
+    if change is not None:
+        change(data)
+        file.write_text(json.dumps(data))
+    return root, data
+
+
+def oblong(data) -> dict:
+    """A training image that is not square."""
+    return next(i for i in data["images"] if i["width"] != i["height"])
+
+
+def test_a_camera_file_rotated_by_its_exif_tag_is_named(tmp_path, tiny_coco, backbones, capsys):
+    """Stored on its side, shown upright by its EXIF Orientation tag, annotated as shown: the
+    boxes would fall beside the objects (images are used as stored, as COCO's tools read
+    them), so the stored size, checked against the annotation, stops the run."""
+    from PIL import Image, ImageOps
+
+    root, data = scenes(tiny_coco, tmp_path)
+    info = oblong(data)
+    path = root / "train2017" / info["file_name"]
+    shown = Image.open(path).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to show
+    shown.transpose(Image.Transpose.ROTATE_90).save(path, exif=exif)
+    assert ImageOps.exif_transpose(Image.open(path)).size == shown.size
+    assert run("smoke_faster_rcnn_fpn", backbones["resnet18"], root, tmp_path,
+               "data.dataset=coco") == 2
+    err = capsys.readouterr().err
+    annotations = root / "annotations" / "instances_train2017.json"
+    assert (f"error: {path} is stored as {info['height']}x{info['width']} pixels (width x "
+            f"height), but image {info['id']} in {annotations} is {info['width']}x"
+            f"{info['height']}: the labels would not fall on the objects. The file has an EXIF "
+            f"Orientation tag (6: rotated 90 degrees clockwise), which viewers apply and "
+            f"kdcl-bench does not: images are used as stored, as COCO's images are and as "
+            f"COCO's tools read them. Rotate the file's pixels upright and drop the tag (e.g. "
+            f"`exiftran -ai FILE`, or PIL's ImageOps.exif_transpose, then save), or label the "
+            f"image as stored.") in err and "Traceback" not in err
+
+
+def test_an_image_of_another_size_than_its_annotation_is_named(tmp_path, tiny_coco, backbones,
+                                                               capsys):
+    from PIL import Image
+
+    root, data = scenes(tiny_coco, tmp_path)
+    info = oblong(data)
+    path = root / "train2017" / info["file_name"]
+    Image.open(path).convert("RGB").resize((info["width"] * 3, info["height"] * 2)).save(path)
+    assert run("smoke_faster_rcnn_fpn", backbones["resnet18"], root, tmp_path,
+               "data.dataset=coco") == 2
+    assert (f"{path} is stored as {info['width'] * 3}x{info['height'] * 2} pixels (width x "
+            f"height), but image {info['id']} in ") in capsys.readouterr().err
+
+
+def test_images_above_the_pixel_limit_are_refused_before_training(tmp_path, tiny_coco,
+                                                                   backbones, capsys):
+    root, data = scenes(tiny_coco, tmp_path)
+    large = [i for i in data["images"] if i["width"] * i["height"] > 6000]
+    assert run("smoke_faster_rcnn_fpn", backbones["resnet18"], root, tmp_path,
+               "data.dataset=coco", "data.max_image_pixels=6000") == 2
+    err = capsys.readouterr().err
+    first = large[0]
+    assert (f"error: {root / 'annotations' / 'instances_train2017.json'}: {len(large)} images "
+            f"have more than data.max_image_pixels=6,000 pixels: {first['file_name']} "
+            f"({first['width']}x{first['height']}), ") in err
+    assert "shrink these images (and their annotations), remove them, or raise " \
+           "data.max_image_pixels." in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_empty_segmentation_is_refused_for_mask_rcnn(tmp_path, tiny_coco, backbones, capsys):
+    """pycocotools fails on `segmentation: []` with an IndexError in a data worker, mid-run:
+    it is found when the annotations are checked, like the other malformed ones."""
+    def empty(data):
+        data["annotations"][3]["segmentation"] = []
+
+    root, data = scenes(tiny_coco, tmp_path, empty)
+    ann = data["annotations"][3]
+    assert run("smoke_mask_rcnn_fpn", backbones["resnet18"], root, tmp_path,
+               "data.dataset=coco") == 2
+    assert capsys.readouterr().err.endswith(
+        f"error: {root / 'annotations' / 'instances_train2017.json'}: annotation {ann['id']} "
+        f"(image {ann['image_id']}) has an empty segmentation ([]), which Mask R-CNN needs: "
+        f"give it its polygons or RLE, remove the annotation, or train Faster R-CNN (boxes "
+        f"only)\n")
+    assert not (tmp_path / "runs").exists()
+    assert run("smoke_faster_rcnn_fpn", backbones["resnet18"], root, tmp_path,
+               "data.dataset=coco", "optim.epochs=1") == 0  # boxes only: fine

@@ -1,6 +1,9 @@
 """COCO 2017 instances for torchvision's detection models: the real layout
 (`root/{train,val}2017/`, `root/annotations/instances_{train,val}2017.json`), checked before
-training so that a malformed annotation is reported by its id, not by a crash hours later."""
+training so that a malformed annotation is reported by its id, not by a crash hours later.
+Images are used as stored, EXIF orientation ignored (kdcl_common/images.py): each file's stored
+size must be the one its annotations give, which is checked from its header before its pixels
+are decoded."""
 from __future__ import annotations
 
 import contextlib
@@ -11,15 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
 from kdcl_common import DataError
+from kdcl_common.images import MAX_PIXELS, open_within, size_mismatch
 from kdcl_common.sampling import sample_seed
 
+LIMIT_KEY = "data.max_image_pixels"
 LAYOUT = ("root/train2017/*.jpg, root/val2017/*.jpg, "
           "root/annotations/instances_train2017.json, root/annotations/instances_val2017.json")
 
@@ -61,6 +65,10 @@ def validate(dataset: dict, source: Path | str = "annotations") -> None:
         where = f"{source}: image {image.get('id', '?')}"
         if not all(k in image for k in ("id", "file_name", "width", "height")):
             raise DataError(f"{where} lacks one of id, file_name, width, height")
+        if not all(isinstance(image[k], int) and not isinstance(image[k], bool) and image[k] > 0
+                   for k in ("width", "height")):
+            raise DataError(f"{where} has width={image['width']!r}, height={image['height']!r}: "
+                            f"expected the image's size in pixels (positive integers)")
         if image["id"] in images:
             raise DataError(f"{where} appears twice")
         images[image["id"]] = image
@@ -87,6 +95,34 @@ def validate(dataset: dict, source: Path | str = "annotations") -> None:
         if ann.get("iscrowd", 0) not in (0, 1):
             raise DataError(f"{where} has iscrowd={ann.get('iscrowd')}: expected 0 or 1")
         _validate_segmentation(ann.get("segmentation"), image, where)
+
+
+def check_image_sizes(coco: COCO, annotation_file: Path, max_pixels: int, key: str) -> None:
+    """Refuse, before training, the images whose annotated size exceeds the pixel limit (each
+    file's header must then give that size: CocoDetection checks it before decoding)."""
+    large = [img for img in coco.dataset["images"]
+             if img["width"] * img["height"] > max_pixels]
+    if large:
+        shown = ", ".join(f"{img['file_name']} ({img['width']}x{img['height']})"
+                          for img in large[:5])
+        more = f" and {len(large) - 5} more" if len(large) > 5 else ""
+        raise DataError(f"{annotation_file}: {len(large)} images have more than {key}="
+                        f"{max_pixels:,} pixels: {shown}{more}. Decoding one takes about 3 bytes "
+                        f"per pixel in every data worker: shrink these images (and their "
+                        f"annotations), remove them, or raise {key}.")
+
+
+def check_segmentations(coco: COCO, annotation_file: Path) -> None:
+    """Mask R-CNN trains on and is evaluated against every annotation's mask: each needs
+    polygons or an RLE (pycocotools fails on an empty list mid-training or at evaluation)."""
+    for ann in coco.dataset["annotations"]:
+        seg = ann.get("segmentation")
+        if seg is None or (isinstance(seg, list) and not seg):
+            what = "no segmentation" if seg is None else "an empty segmentation ([])"
+            raise DataError(f"{annotation_file}: annotation {ann['id']} (image "
+                            f"{ann['image_id']}) has {what}, which Mask R-CNN needs: give it "
+                            f"its polygons or RLE, remove the annotation, or train Faster "
+                            f"R-CNN (boxes only)")
 
 
 def check_same_categories(train_split: str, train_ids: list[int], val_split: str,
@@ -138,9 +174,11 @@ class CocoDetection(torch.utils.data.Dataset):
     out (as Detectron2's FILTER_EMPTY_ANNOTATIONS)."""
 
     def __init__(self, root: str | os.PathLike, split: str, train: bool, masks: bool,
-                 seed: int = 0):
+                 seed: int = 0, max_pixels: int = MAX_PIXELS):
         self.image_dir, annotation_file = split_paths(root, split)
+        self.annotation_file, self.max_pixels = annotation_file, max_pixels
         self.coco = load_coco(annotation_file)
+        check_image_sizes(self.coco, annotation_file, max_pixels, LIMIT_KEY)
         self.masks, self.train = masks, train
         self.category_ids = sorted(self.coco.getCatIds())
         self.label_of = {cat: i + 1 for i, cat in enumerate(self.category_ids)}
@@ -151,10 +189,7 @@ class CocoDetection(torch.utils.data.Dataset):
             raise DataError(f"{len(missing)} images listed in {annotation_file} are not in "
                             f"{self.image_dir}, e.g. {missing[:3]}")
         if masks:
-            for ann in self.coco.dataset["annotations"]:
-                if ann.get("segmentation") is None:
-                    raise DataError(f"{annotation_file}: annotation {ann['id']} (image "
-                                    f"{ann['image_id']}) has no segmentation, which Mask R-CNN needs")
+            check_segmentations(self.coco, annotation_file)
         ids = sorted(self.coco.getImgIds())
         if train:
             ids = [i for i in ids if self._targets_of(i)]
@@ -177,7 +212,11 @@ class CocoDetection(torch.utils.data.Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         image_id = self.ids[index]
         info = self.coco.imgs[image_id]
-        with Image.open(self.image_dir / info["file_name"]) as pil:
+        file = self.image_dir / info["file_name"]
+        with open_within(file, self.max_pixels, LIMIT_KEY) as pil:  # the header only
+            if pil.size != (info["width"], info["height"]):
+                raise DataError(size_mismatch(str(file), pil, (info["width"], info["height"]),
+                                              f"image {image_id} in {self.annotation_file}"))
             image = F.to_image(pil.convert("RGB"))
         height, width = image.shape[-2:]
         anns = self._targets_of(image_id)

@@ -9,6 +9,7 @@ from typing import Optional
 from kdcl_common import ConfigError, schedule
 from kdcl_common.checkpoint import RunCheckpoints
 from kdcl_common.config import check_choice, load_named, option
+from kdcl_common.images import MAX_PIXELS, check_limit
 from kdcl_common.schedule import OptimConfig
 
 from ...convert import DETECTION_ARCHS
@@ -57,6 +58,10 @@ class DataConfig:
     train_split: str = option("train2017", help="training images and instances file")
     val_split: str = option("val2017", help="evaluation images and instances file")
     workers: int = option(4, help="data-loading processes per rank")
+    max_image_pixels: int = option(MAX_PIXELS, help="refuse, before training, images whose "
+                                   "annotated width x height is larger (each file's header "
+                                   "must match its annotation, checked before decoding); the "
+                                   "default is PIL's warning threshold")
     synthetic: SyntheticCocoConfig = field(default_factory=SyntheticCocoConfig)
 
 
@@ -105,6 +110,8 @@ def validate(cfg: TransferConfig) -> None:
     check_choice("model.trainable_layers", cfg.model.trainable_layers, range(6))
     check_choice("data.dataset", cfg.data.dataset, ("coco", "synthetic"))
     check_choice("train.amp", cfg.train.amp, ("off", "bf16", "fp16"))
+    if (problem := check_limit(cfg.data.max_image_pixels, "data.max_image_pixels")):
+        raise ConfigError(problem)
     if cfg.data.workers < 0:
         raise ConfigError(f"data.workers={cfg.data.workers} must be >= 0 (0: load in the "
                           f"training process)")

@@ -36,7 +36,23 @@ def load(path: str | Path, overrides: list[str]):
     for key, value in parse_overrides(list(overrides)):
         _check_type(key, _check_key(cfg.to_dict(), key), value)
         cfg.merge_from_dict({key: value}, allow_list_keys=True)
+    load_images_as_stored(cfg)
     return cfg
+
+
+def load_images_as_stored(cfg) -> None:
+    """Every pipeline's LoadImageFromFile becomes LoadImageAsStored (extensions.py): sizes from
+    the headers first, bounded by kdcl.max_image_pixels, and no EXIF rotation (README, Data)."""
+    from kdcl_common.images import MAX_PIXELS, check_limit
+
+    limit = cfg.get("kdcl", {}).get("max_image_pixels", MAX_PIXELS)
+    if (problem := check_limit(limit, "kdcl.max_image_pixels")):
+        raise ConfigError(problem)
+    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        dataset = cfg.get(loader, {}).get("dataset", {})
+        for step in dataset.get("pipeline", []):
+            if step.get("type") in ("LoadImageFromFile", "LoadImageAsStored"):
+                step["type"], step["max_pixels"] = "LoadImageAsStored", limit
 
 
 def check_python_config(path: Path) -> None:

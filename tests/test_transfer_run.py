@@ -410,3 +410,16 @@ def test_an_empty_segmentation_is_refused_for_mask_rcnn(tmp_path, tiny_coco, bac
     assert not (tmp_path / "runs").exists()
     assert run("smoke_faster_rcnn_fpn", backbones["resnet18"], root, tmp_path,
                "data.dataset=coco", "optim.epochs=1") == 0  # boxes only: fine
+
+
+def test_an_image_file_that_cannot_be_read_is_named(tmp_path, tiny_coco, backbones, capsys):
+    root, data = scenes(tiny_coco, tmp_path)
+    info = data["images"][0]
+    path = root / "train2017" / info["file_name"]
+    path.write_bytes(b"not an image")
+    assert run("smoke_faster_rcnn_fpn", backbones["resnet18"], root, tmp_path,
+               "data.dataset=coco") == 2
+    err = capsys.readouterr().err
+    assert f"error: {path} cannot be read as an image (UnidentifiedImageError: cannot identify " \
+           f"image file '{path}'): repair or replace it, or remove image {info['id']} in " \
+           f"{root / 'annotations' / 'instances_train2017.json'}\n" in err, err

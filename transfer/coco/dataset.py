@@ -20,7 +20,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
 from kdcl_common import DataError
-from kdcl_common.images import MAX_PIXELS, open_within, size_mismatch
+from kdcl_common.images import HARD_LIMIT, MAX_PIXELS, ImageTooLarge, open_within, size_mismatch
 from kdcl_common.sampling import sample_seed
 
 LIMIT_KEY = "data.max_image_pixels"
@@ -110,6 +110,28 @@ def check_image_sizes(coco: COCO, annotation_file: Path, max_pixels: int, key: s
                         f"{max_pixels:,} pixels: {shown}{more}. Decoding one takes about 3 bytes "
                         f"per pixel in every data worker: shrink these images (and their "
                         f"annotations), remove them, or raise {key}.")
+
+
+@contextlib.contextmanager
+def open_as_annotated(file: Path, info: dict, annotation_file: Path | str):
+    """The image `file` opened by PIL (its header only) once its stored size is known to be
+    its annotation's (`info`): else a DataError, naming its EXIF orientation when that explains
+    the difference. Decoding it is then bounded as its annotation is (check_image_sizes)."""
+    what = f"image {info['id']} in {annotation_file}"
+    opened = contextlib.ExitStack()
+    try:
+        image = opened.enter_context(open_within(file, HARD_LIMIT, "PIL's limit"))
+    except ImageTooLarge as e:
+        raise DataError(f"{file} is not the {info['width']}x{info['height']} {what}: its header "
+                        f"gives {e}") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{file} cannot be read as an image ({type(e).__name__}: {e}): repair "
+                        f"or replace it, or remove {what}") from None
+    with opened:
+        if image.size != (info["width"], info["height"]):
+            raise DataError(size_mismatch(str(file), image, (info["width"], info["height"]),
+                                          what))
+        yield image
 
 
 def check_segmentations(coco: COCO, annotation_file: Path) -> None:
@@ -213,10 +235,7 @@ class CocoDetection(torch.utils.data.Dataset):
         image_id = self.ids[index]
         info = self.coco.imgs[image_id]
         file = self.image_dir / info["file_name"]
-        with open_within(file, self.max_pixels, LIMIT_KEY) as pil:  # the header only
-            if pil.size != (info["width"], info["height"]):
-                raise DataError(size_mismatch(str(file), pil, (info["width"], info["height"]),
-                                              f"image {image_id} in {self.annotation_file}"))
+        with open_as_annotated(file, info, self.annotation_file) as pil:
             image = F.to_image(pil.convert("RGB"))
         height, width = image.shape[-2:]
         anns = self._targets_of(image_id)

@@ -16,6 +16,7 @@ from detectron2.config import CfgNode, get_cfg
 
 from kdcl_common import ConfigError
 from kdcl_common.config import read_text, safe_load_yaml
+from kdcl_common.images import MAX_PIXELS, check_limit
 
 from . import mobilenet
 
@@ -33,6 +34,7 @@ def add_kdcl_config(cfg: CfgNode) -> None:
     cfg.KDCL.OUTPUT_ROOT = "runs/transfer"
     cfg.KDCL.RECORDS = "results/records/transfer.jsonl"
     cfg.KDCL.KEEP_CHECKPOINTS = 2  # periodic checkpoints kept (model_final.pth is always kept)
+    cfg.KDCL.MAX_IMAGE_PIXELS = MAX_PIXELS  # images annotated larger are refused before training
 
 
 def default_config() -> CfgNode:
@@ -91,6 +93,8 @@ def load(path: str | Path, overrides: list[str] = ()) -> CfgNode:
         cfg.merge_from_list(pairs)
     except (KeyError, ValueError, AssertionError) as e:
         raise ConfigError(f"override: {e}") from None
+    if (problem := check_limit(cfg.KDCL.MAX_IMAGE_PIXELS, "KDCL.MAX_IMAGE_PIXELS")):
+        raise ConfigError(problem)
     return cfg
 
 

@@ -3,7 +3,6 @@ pickles. A source knows its classes and labels and decodes one image at a time; 
 and batching live elsewhere (pretrain/data/loader.py)."""
 from __future__ import annotations
 
-import io
 import os
 import pickle
 from dataclasses import dataclass

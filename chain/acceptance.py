@@ -62,7 +62,13 @@ class Context:
         return self.work.joinpath(*parts)
 
     def records(self, stage: str) -> Path:
-        return self.path("records", f"{stage}.jsonl")
+        """The records folder of a stage's runs (kdcl_common/records.py)."""
+        return self.path("records", stage)
+
+    def read_records(self, stage: str) -> list[dict]:
+        from kdcl_common import records
+
+        return [r for _, r in records.scan([self.records(stage)]) if isinstance(r, dict)]
 
     @property
     def gpu(self) -> bool:
@@ -214,7 +220,7 @@ def cifar_commands(ctx: Context) -> list[list[str]]:
 
 def pretrain_collect(stage: str) -> Callable[[Context], dict]:
     def collect(ctx: Context) -> dict:
-        records = read_jsonl(ctx.records(stage))
+        records = ctx.read_records(stage)
         if not records:
             return {}
         epochs = [row for row in read_jsonl(Path(records[-1]["run_dir"]) / "metrics.jsonl")
@@ -235,7 +241,7 @@ def pretrain_collect(stage: str) -> Callable[[Context], dict]:
 def backbone(ctx: Context) -> str:
     """The export the transfer stages fine-tune: ResNet-50 on the GPU, ResNet-18 in toy mode."""
     student = "resnet50" if ctx.gpu else "resnet18"
-    for record in read_jsonl(ctx.records("pretrain")):
+    for record in ctx.read_records("pretrain"):
         if record["student"] == student:
             return record["artifact"]
     raise KdclError(f"the pretrain stage exported no {student}")
@@ -292,7 +298,7 @@ def transfer_collect(stage: str, images_per_iteration: dict[str, int]) -> Callab
     metrics (torchvision: the last epoch, warm-up epochs excluded) or its framework's
     per-iteration log (mmengine's scalars, Detectron2's metrics.json: the median)."""
     def collect(ctx: Context) -> dict:
-        records = read_jsonl(ctx.records(stage))
+        records = ctx.read_records(stage)
         if not records:
             return {}
         record = records[-1]

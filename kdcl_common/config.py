@@ -365,10 +365,27 @@ def to_yaml(cfg: Any) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
-def config_hash(cfg: Any) -> str:
-    """A short, stable hash of the resolved config."""
-    blob = json.dumps(to_dict(cfg) if not isinstance(cfg, dict) else cfg, sort_keys=True)
+def config_hash(cfg: Any, locations: tuple[str, ...] = ()) -> str:
+    """A short, stable hash of the resolved config, without the `locations` keys (where its
+    outputs and data are: not what the run is)."""
+    data = to_dict(cfg) if not isinstance(cfg, dict) else cfg
+    blob = json.dumps(without(data, locations), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def without(config: dict, keys: tuple[str, ...]) -> dict:
+    """`config` less the dotted `keys`; an entry `a.b.*` removes everything below `a.b`."""
+    if not keys:
+        return config
+    out = json.loads(json.dumps(config, default=str))
+    for key in keys:
+        *parents, last = key.removesuffix(".*").split(".")
+        node = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return out
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:

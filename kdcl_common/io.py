@@ -136,28 +136,6 @@ def load_tensors(path: str | os.PathLike, what: str) -> Any:
                         f"truncated or not a .pth file") from None
 
 
-def append_jsonl(path: str | os.PathLike, record: dict) -> None:
-    """Append one JSON line with a single O_APPEND write, so concurrent writers never
-    interleave and a crash leaves either the whole line or none of it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(record, sort_keys=False, default=str) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # less the umask
-    try:
-        before = os.fstat(fd).st_size
-        written = os.write(fd, line)
-        if written != len(line):  # only a full disk shortens a regular file's write
-            os.ftruncate(fd, before)  # no partial line for the next record to run into
-            raise OSError(errno.ENOSPC, "short write")
-        os.fsync(fd)
-    except OSError as e:
-        if _disk_full(e):
-            raise DiskFullError(path, "The record was not appended.") from None
-        raise
-    finally:
-        os.close(fd)
-
-
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -1,11 +1,15 @@
 """Run folders: what identifies a run, and what a command may do with the folder it names. One
 policy for the pre-training stage and every transfer backend.
 
-**Identity.** A run is what its inputs are: its resolved config, compared key by key, and the
-sha256 of every file it takes weights from (a transfer run's backbone, a KD run's teacher).
-`<run>/run.json` holds both (format: kdcl_common/identity.py). It is written when the run
-starts, after every check has passed, so a refused or failed command leaves an existing folder
-byte-identical and creates none.
+**Identity.** A run is what its inputs are, not where they are: its resolved config, compared
+key by key, less the keys that say where things go or are read from (`location_keys`: the
+output folder, the records folder, the dataset's root); the sha256 of every file it takes
+weights from (a transfer run's backbone, a KD run's teacher); and the fingerprint of its data
+(kdcl_common/fingerprint.py: the files' relative paths and sizes), so the same dataset staged
+under another path is the same run and another dataset under the same path is not. A run folder
+moved to another disk resumes there. `<run>/run.json` holds all of it (format:
+kdcl_common/identity.py). It is written when the run starts, after every check has passed, so
+a refused or failed command leaves an existing folder byte-identical and creates none.
 
 **What a command does** with the folder (`RunFolder.decide`):
 
@@ -32,7 +36,7 @@ from typing import Callable
 
 from . import ConfigError, KdclError
 from .config import config_diff, config_hash
-from .identity import FORMAT, IDENTITY_FILE, changed_inputs, read
+from .identity import FORMAT, IDENTITY_FILE, RunState, changed_inputs, read
 from .io import atomic_write_json, atomic_write_text, remove_temporaries
 
 START, RESUME, RESTART, FINISHED = "start", "resume", "restart", "finished"
@@ -45,6 +49,7 @@ class Policy:
     finished_marker: str                     # written last by a finished run (relative path)
     has_checkpoint: Callable[[Path], bool]   # an unfinished run left something to resume
     resumable_keys: tuple[str, ...] = ()     # config keys that may change on --resume
+    location_keys: tuple[str, ...] = ()      # where outputs go, data is read: never identity
     recovery_keys: tuple[str, ...] = ()      # ... and after a non-finite-loss stop
     config_file: str = "config.yaml"         # the run's config as the user reads it
     other_run: str = "seed=<n> or name=<new name>"  # how to make a separate run instead
@@ -57,11 +62,13 @@ class Policy:
 @dataclass
 class Identity:
     config: dict                                          # the resolved config, plain
-    inputs: dict[str, dict] = field(default_factory=dict)  # role -> {"path", "sha256"}
+    inputs: dict[str, dict] = field(default_factory=dict)  # role -> {"path", "sha256", ...}
+    locations: tuple[str, ...] = ()                       # config keys that are locations
 
     @property
     def config_hash(self) -> str:
-        return config_hash(self.config)
+        """The config's hash without its locations: the same for a run wherever it is."""
+        return config_hash(self.config, self.locations)
 
 
 def add_arguments(parser: argparse.ArgumentParser, weights: str):
@@ -137,7 +144,7 @@ class RunFolder:
                   f"{self.policy.other_run}, or use --restart. Only "
                   f"{', '.join(self.policy.resumable_keys) or 'nothing'} may change.{recovery}")
         self.changes = config_diff(saved.get("config") or {}, self.identity.config,
-                                   ignore=self.policy.resumable_keys,
+                                   ignore=self.policy.resumable_keys + self.policy.location_keys,
                                    defaults=self.policy.defaults)
 
     def _differences(self, saved: dict, allowed: tuple[str, ...] = ()
@@ -145,29 +152,30 @@ class RunFolder:
         """(the inputs whose sha256 differs, the config keys that differ) between the identity
         `saved` in the folder and this run's. The resumable keys may differ, and `allowed`; after
         a stop for a non-finite loss, the recovery keys too."""
-        allowed = self.policy.resumable_keys + tuple(allowed)
+        allowed = self.policy.resumable_keys + self.policy.location_keys + tuple(allowed)
         if saved.get("stopped"):
             allowed += self.policy.recovery_keys
         return (changed_inputs(saved, self.identity.inputs),
                 config_diff(saved.get("config") or {}, self.identity.config, ignore=allowed,
                             defaults=self.policy.defaults))
 
-    def status(self) -> tuple[str, str]:
-        """('done' | 'todo' | 'stale', why) for a driver such as run_all.sh: 'done' is a
-        finished run of this identity, 'stale' a run (finished or not) of other weights or
-        another config, to run again with --restart. Reads the folder, writes nothing."""
+    def status(self) -> tuple[RunState, str]:
+        """(DONE | TODO | STALE, why) for a driver such as run_all.sh: DONE is a finished run
+        of this identity, STALE a run (finished or not) of other weights or another config, to
+        run again with --restart. Reads the folder, writes nothing."""
         saved = read(self.path)
         if saved is None:
             if self.finished or self.policy.has_checkpoint(self.path):
-                return "stale", f"{self.path} does not record its inputs (an older kdcl-bench)"
-            return "todo", ""
+                return (RunState.STALE,
+                        f"{self.path} does not record its inputs (an older kdcl-bench)")
+            return RunState.TODO, ""
         inputs, diff = self._differences(saved)
         if inputs:
             also = "; its config changed too: " + "; ".join(l.strip() for l in diff) if diff else ""
-            return "stale", "made from other weights: " + "; ".join(inputs) + also
+            return RunState.STALE, "made from other weights: " + "; ".join(inputs) + also
         if diff:
-            return "stale", "its config changed: " + "; ".join(line.strip() for line in diff)
-        return ("done", "") if self.finished else ("todo", "")
+            return RunState.STALE, "its config changed: " + "; ".join(d.strip() for d in diff)
+        return (RunState.DONE, "") if self.finished else (RunState.TODO, "")
 
     def check_evaluable(self, evaluation_keys: tuple[str, ...] = ()) -> None:
         """--eval-only: the folder must hold a trained run of this identity (the config may
@@ -216,3 +224,86 @@ class RunFolder:
 
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class RunSession:
+    """The sequence every run goes through with its folder, the same for pre-training and
+    every transfer backend:
+
+        with RunSession(folder, logger) as session:   # the folder's lock (RunLock)
+            action = session.decide(resume, restart)  # start, resume, restart or finished
+            ...the stage's checks and set-up, writing nothing...
+            session.start(action, files)               # run.json, config, log.txt
+            ...training...
+
+    The main process takes the lock, and every process refuses the command when another
+    holds it; the folder and `extra_writable` folders (where records go) are checked for
+    writability before the stage's set-up. A non-finite loss marks the folder stopped (the
+    next --resume may change the recovery keys). Leaving the block releases the lock."""
+
+    def __init__(self, folder: RunFolder, logger, extra_writable: tuple[Path, ...] = ()):
+        from .locks import RunLock
+
+        self.folder, self.logger = folder, logger
+        self.extra_writable = extra_writable
+        self.lock = RunLock(folder.path, log=logger.warning)
+
+    def __enter__(self) -> "RunSession":
+        from . import distributed as kdist
+
+        error = None
+        if kdist.is_main():
+            try:
+                for place in (self.folder.path.parent, *self.extra_writable):
+                    check_writable(place)
+                self.lock.acquire()
+            except KdclError as e:
+                error = str(e)
+        error = kdist.broadcast_object(error)
+        if error is not None:
+            self.lock.release()
+            raise KdclError(error)
+        return self
+
+    def decide(self, resume: bool, restart: bool) -> str:
+        return self.folder.decide(resume, restart)
+
+    def start(self, action: str, files: dict[str, str] | None = None,
+              log_file: str = "log.txt") -> None:
+        from . import distributed as kdist
+        from .logs import attach_file
+
+        kdist.barrier()  # every process has read the folder before the main one changes it
+        if kdist.is_main():
+            self.folder.start(action, files)
+            attach_file(self.logger, self.folder.path / log_file)
+        kdist.barrier()
+
+    def __exit__(self, kind, error, traceback) -> None:
+        from . import NonFiniteLossError
+        from . import distributed as kdist
+
+        try:
+            if isinstance(error, NonFiniteLossError) and kdist.is_main():
+                self.folder.mark_stopped("non-finite loss")
+        finally:
+            self.lock.release()
+
+
+def check_writable(folder: Path) -> None:
+    """A run can write in `folder`, which need not exist yet: the nearest existing folder on
+    the way is a folder, writable, on a writable file system. Else a KdclError that says which
+    and what to do, before a run spends hours to fail at its first write. Writes nothing."""
+    folder = Path(folder).absolute()
+    for path in (folder, *folder.parents):
+        if not path.exists():
+            continue
+        if not path.is_dir():
+            raise KdclError(f"{folder} cannot be a folder: {path} is a file. Choose another "
+                            f"location (output_root / records) or move that file")
+        if os.access(path, os.W_OK | os.X_OK):
+            return
+        read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+        why = "is on a read-only file system" if read_only else "is not writable (permissions)"
+        raise KdclError(f"cannot write in {folder}: {path} {why}. Choose another location "
+                        f"(output_root / records) or make it writable")

@@ -36,17 +36,21 @@ class GlobalBatchSampler(Sampler):
                               f"({size} samples): lower it")
         self.size, self.global_batch, self.rank = size, global_batch, rank
         self.per_rank, self.seed, self.epoch = global_batch // world_size, seed, 0
+        self.first = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, first: int = 0) -> None:
+        """The next iteration yields epoch `epoch`'s batches from step `first` on (a run that
+        resumes from a mid-epoch checkpoint skips the steps it has done)."""
+        self.epoch, self.first = epoch, first
 
     def __len__(self) -> int:
+        """The steps of a whole epoch (also when resuming mid-epoch)."""
         return self.size // self.global_batch
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, -1))
         order = torch.randperm(self.size, generator=g).tolist()
-        for step in range(len(self)):
+        for step in range(self.first, len(self)):
             start = step * self.global_batch + self.rank * self.per_rank
             yield [(self.epoch, pos) for pos in order[start:start + self.per_rank]]
 

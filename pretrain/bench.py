@@ -118,14 +118,14 @@ def run_case(config: str, overrides: list[str], case: str, opts: dict) -> dict:
     from kdcl_common.logs import MetricsWriter, get_logger
 
     from .data import loader as data_loader
-    from .engine import _configure_determinism, build_trainer, student_names
+    from .engine import build_trainer, configure_determinism, student_names
 
     kind, _, arg = case.partition(":")
     arg, _, variant = arg.partition(":")
     cfg = case_config(config, overrides, kind, arg, variant)
     ctx = kdist.init(cfg.train.device)
     device, clock = ctx.device, Clock(ctx.device)
-    _configure_determinism(cfg, device)
+    configure_determinism(cfg, device)
     names = student_names(cfg)
     views = int(arg) if kind == "data" else (len(names) if cfg.method.icl else 1)
     batch = cfg.optim.batch_size
@@ -149,8 +149,7 @@ def run_case(config: str, overrides: list[str], case: str, opts: dict) -> dict:
     for m in trainer.modules:
         m.train()
     S = len(names)
-    sums, seen = torch.zeros(3, S, device=device), torch.zeros((), device=device)
-    first_bad = torch.full((S,), -1, dtype=torch.long, device=device)
+    meter = trainer.meter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -161,7 +160,7 @@ def run_case(config: str, overrides: list[str], case: str, opts: dict) -> dict:
             tick = time.perf_counter()
             batch = next(iterator)
             wait[0] += time.perf_counter() - tick
-            trainer._step(batch, sums, seen, first_bad, i)
+            trainer.train_step(batch, meter, i)
 
         for i in range(warmup):
             step(i)
@@ -177,7 +176,7 @@ def run_case(config: str, overrides: list[str], case: str, opts: dict) -> dict:
                                       steps)
         if device.type == "cpu":  # as the CPU workers hand them over: inputs ready
             cached = [b._replace(inputs=data.inputs(b)[0]) for b in cached]
-        seconds = clock.windows(lambda i: trainer._step(cached[i % 4], sums, seen, first_bad, i),
+        seconds = clock.windows(lambda i: trainer.train_step(cached[i % 4], meter, i),
                                 warmup, windows, steps)
         out["windows_ms"] = {"step": [1e3 * t for t in seconds]}
         if kind == "kdcl":  # parts of the step timed alone: the input pipeline's device part
@@ -194,7 +193,7 @@ def run_case(config: str, overrides: list[str], case: str, opts: dict) -> dict:
     if kind == "kdcl" and not variant and opts["paired"]:
         out["paired_ratio"] = paired_ratio(config, overrides, cfg, ctx, data, trainer, cached,
                                            clock, opts)
-    if not bool((first_bad < 0).all()):
+    if not bool((meter.first_bad < 0).all()):
         raise KdclError(f"{case}: the loss became NaN/inf during the benchmark")
     kdist.shutdown()
     return out
@@ -259,8 +258,8 @@ def paired_ratio(config, overrides, cfg, ctx, data, trainer, cached, clock, opts
 
     logger, steps = get_logger("bench", ctx.rank), opts["steps"]
     device, batch = ctx.device, cfg.optim.batch_size
-    state = trainer_state(trainer, device)
-    runners = [lambda i: trainer._step(cached[i % 4], *state, i)]
+    meter = trainer.meter()
+    runners = [lambda i: trainer.train_step(cached[i % 4], meter, i)]
     for name in student_names(cfg):
         solo_cfg = case_config(config, overrides, "solo", name, "")
         solo = build_trainer(solo_cfg, ctx, data, [name], logger,
@@ -269,8 +268,8 @@ def paired_ratio(config, overrides, cfg, ctx, data, trainer, cached, clock, opts
                    for seed in range(4)]
         if device.type == "cpu":
             batches = [b._replace(inputs=data.inputs(b)[0]) for b in batches]
-        runners.append(lambda i, solo=solo, batches=batches, state=trainer_state(solo, device):
-                       solo._step(batches[i % 4], *state, i))
+        runners.append(lambda i, solo=solo, batches=batches, meter=solo.meter():
+                       solo.train_step(batches[i % 4], meter, i))
     for run in runners:
         for i in range(opts["warmup"]):
             run(i)
@@ -279,13 +278,6 @@ def paired_ratio(config, overrides, cfg, ctx, data, trainer, cached, clock, opts
         kdcl, *solos = [clock.windows(run, 0, 1, steps)[0] for run in runners]
         ratios.append(kdcl / sum(solos))
     return ratios
-
-
-def trainer_state(trainer, device) -> tuple:
-    """The step's metric accumulators (sums, seen, first non-finite step) for `trainer`."""
-    n = len(trainer.names)
-    return (torch.zeros(3, n, device=device), torch.zeros((), device=device),
-            torch.full((n,), -1, dtype=torch.long, device=device))
 
 
 def device_batch(cfg, views: int, size: int, num_classes: int, device: torch.device, seed: int):

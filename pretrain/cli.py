@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from kdcl_common import KdclError, user_message
 from kdcl_common import runs
+from kdcl_common.cli import guarded
 from kdcl_common.config import describe, to_yaml
 
 from . import config
@@ -33,7 +32,7 @@ config keys (key = default, then what it means):
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pretrain", description="Train students together (KDCL and its baselines), then export them.",
-        epilog=EXAMPLES + "\n".join(describe(config.PretrainConfig)),
+        epilog=EXAMPLES + "\n".join(describe(config.schema())),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="a YAML config, e.g. pretrain/configs/smoke/kdcl_minlogit.yaml")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
@@ -46,15 +45,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_intermixed_args(argv)
-    try:
+
+    def body() -> None:
         cfg = config.load(args.config, args.overrides)
         if args.print_config:
             print(to_yaml(cfg), end="")
-            return 0
+            return
         from .engine import run  # imports torch.distributed etc. only when training
 
         run(cfg, args.config, resume=args.resume, restart=args.restart)
-    except KdclError as e:
-        print(f"error: {user_message(e)}", file=sys.stderr)
-        return 2
-    return 0
+
+    return guarded(body)

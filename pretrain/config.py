@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -20,7 +20,6 @@ from kdcl_common.schedule import OptimConfig
 from . import registry
 
 CONFIG_ROOT = Path(__file__).resolve().parent / "configs"
-METHODS = registry.NAMES  # what each method needs: pretrain/registry.py
 DATASETS = ("imagefolder", "cifar100", "synthetic")
 POLICIES = ("imagenet", "cifar")
 CIFAR_CUTOUT_SIZE = 8  # DeVries & Taylor's hole on CIFAR-100 (16 on CIFAR-10)
@@ -82,29 +81,31 @@ class DataConfig:
 
 
 @dataclass
-class SplitConfig:
-    stage: str = option(help="the stage where the branches begin (resnet: layer1..layer4; "
-                        "cifar_resnet: layer1..layer3; wrn: block1..block3)")
-    fan_out: int = option(help="copies of that stage and everything after it, per node above")
-
-
-@dataclass
-class MethodConfig:
-    name: str = option("kdcl_minlogit", help=f"one of {', '.join(METHODS)}")
+class SharedMethodConfig:
+    """The method keys every method reads; each method's own keys are its registry entry's
+    options (pretrain/registry.py), added by `method_schema`."""
+    name: str = option("kdcl_minlogit", help="the method (pretrain/registry.py)")
     temperature: float = option(2.0, help="T of the soft targets (and the T^2 factor)")
     kd_weight: float = option(1.0, help="lambda, the weight of the distillation term")
     ce_weight: float = option(1.0, help="the weight of the hard-label cross-entropy (clnn: "
                               "beta, with kd_weight = 1 - beta)")
-    splits: List[SplitConfig] = option([], help="one, clnn: where the network branches, from "
-                                       "the input on, e.g. [{stage: layer4, fan_out: 3}]; [] = "
-                                       "the method's default (one: 3 branches of the last stage; "
-                                       "clnn: 2 of the second-last, each with 2 of the last)")
     icl: bool = option(True, help="invariant collaborative learning: each student gets its own "
                        "random view of every image (false: all students see the same view)")
-    teacher: Optional[str] = option(None, help="kd only: an exported backbone .pth (with its "
-                                    ".json) used as the frozen teacher")
-    general_error: str = option("squared", help="kdcl_general: 'squared' (Eq. 8) or "
-                                "'cross_entropy' (Eq. 12) held-out error")
+
+
+def method_schema() -> type:
+    """The `method:` section's schema: the shared keys, then one field per option that the
+    registry's entries declare, its help prefixed with the methods that read it. Flat keys
+    (method.teacher, method.splits), so that configs and saved run identities keep their form."""
+    names = f"one of {', '.join(registry.NAMES)}"
+    fields = [("name", str, option(SharedMethodConfig.name, help=names))]
+    for key, (opt, users) in registry.options().items():
+        fields.append((key, opt.type, option(opt.default, help=f"{', '.join(users)}: {opt.help}")))
+    return make_dataclass("MethodConfig", fields, bases=(SharedMethodConfig,),
+                          namespace={"__module__": __name__})
+
+
+MethodConfig = method_schema()  # of the registry as imported; `schema()` follows it
 
 
 @dataclass
@@ -132,7 +133,9 @@ class PretrainConfig:
     preset: str = option("custom", help="smoke, cifar, paper or custom (recorded in results)")
     seed: int = option(0, help="seed of initialisation, data order and augmentation")
     output_root: str = option("runs/pretrain", help="runs go to <output_root>/<name>/seed<seed>")
-    records: str = option("results/records/pretrain.jsonl", help="result records are appended here")
+    records: str = option("results/records", help="the records folder: the run's records go "
+                         "to <records>/pretrain/<name>/seed<seed>.json (a location, not "
+                         "part of the run's identity)")
     students: List[StudentConfig] = option([], help="the students trained together")
     data: DataConfig = field(default_factory=DataConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
@@ -144,12 +147,27 @@ class PretrainConfig:
         return Path(self.output_root) / str(self.name) / f"seed{self.seed}"
 
 
+def schema() -> type:
+    """The config schema for the registry as it is now: PretrainConfig, or, for a method
+    registered after this module was imported (a plug-in's, a test's), a PretrainConfig whose
+    `method` section has that method's options too."""
+    if registry.METHODS is _IMPORTED_METHODS:
+        return PretrainConfig
+    method = method_schema()
+    return make_dataclass("PretrainConfig", [("method", method, field(default_factory=method))],
+                          bases=(PretrainConfig,), namespace={"__module__": __name__})
+
+
+_IMPORTED_METHODS = registry.METHODS  # what MethodConfig was made from
 CHECKPOINTS = RunCheckpoints(format="kdcl-bench/pretrain-checkpoint-v1")
+LOCATIONS = ("output_root", "records", "data.root")
 RUNS = Policy(
     finished_marker="export/manifest.json", has_checkpoint=CHECKPOINTS.exists,
     # may change on --resume: how the run is executed, not what it computes
     resumable_keys=("data.workers", "data.decode", "train.log_interval", "train.compile",
                     "train.fused_optimizer"),
+    # where things are, not what the run is (the data is identified by its fingerprint)
+    location_keys=LOCATIONS,
     # may change on the --resume after a stop for a non-finite loss
     recovery_keys=("optim.lr", "optim.warmup_epochs", "optim.warmup_start_lr", "train.amp"),
     # keys added since a run was saved (method.splits, data.cutout, ...) at their defaults
@@ -157,7 +175,7 @@ RUNS = Policy(
 
 
 def load(path: str | Path, overrides: list[str] = ()) -> PretrainConfig:
-    cfg = load_named(PretrainConfig, path, overrides, CONFIG_ROOT)
+    cfg = load_named(schema(), path, overrides, CONFIG_ROOT)
     validate(cfg)
     return cfg
 
@@ -171,7 +189,6 @@ def validate(cfg: PretrainConfig) -> None:
     check_choice("data.policy", cfg.data.policy, POLICIES)
     check_choice("data.decode", cfg.data.decode, ("cpu", "device"))
     check_choice("train.amp", cfg.train.amp, ("off", "bf16", "fp16"))
-    check_choice("method.general_error", cfg.method.general_error, ("squared", "cross_entropy"))
     if not cfg.students:
         raise ConfigError("no students: list at least one under `students:` "
                           "(e.g. - {arch: resnet18})")
@@ -256,8 +273,8 @@ def validate(cfg: PretrainConfig) -> None:
 
 
 def check_method(cfg: PretrainConfig) -> None:
-    """What the method's registry entry says it needs, then the method's own check (which may
-    resolve its defaults, e.g. ONE's and CLNN's splits)."""
+    """What the method's registry entry says it needs, its options (and nobody else's), then
+    the method's own check (which may resolve its defaults, e.g. ONE's and CLNN's splits)."""
     name, method = cfg.method.name, cfg.method
     entry = registry.get(name)
     if len(cfg.students) < entry.min_students:
@@ -268,11 +285,16 @@ def check_method(cfg: PretrainConfig) -> None:
                f"trains at most {entry.max_students} student(s)")
         raise ConfigError(f"method {name} {why}: list {entry.max_students} under students "
                           f"(e.g. students=[{{arch: resnet18}}]), not {len(cfg.students)}")
-    if entry.needs_teacher and not method.teacher:
-        raise ConfigError(f"method {name} needs method.teacher=<exported backbone .pth>")
-    if not entry.needs_teacher and method.teacher:
-        users = [m.name for m in registry.METHODS if m.needs_teacher]
-        raise ConfigError(f"method.teacher is only used by method {', '.join(users)}, not {name}")
+    for key, (opt, users) in registry.options().items():
+        value = getattr(method, key)
+        if opt not in entry.options:
+            if value != opt.default:
+                who = f"method {users[0]}" if len(users) == 1 else f"methods {', '.join(users)}"
+                raise ConfigError(f"method.{key} is only used by {who}, not {name}: remove it")
+        elif opt.required and value in (opt.default, ""):
+            raise ConfigError(f"method {name} needs method.{key}=<value>: {opt.help}")
+        elif opt.choices:
+            check_choice(f"method.{key}", value, opt.choices)
     if entry.needs_held_out and cfg.data.held_out_per_class <= 0:
         raise ConfigError(f"{name} estimates its weights on held-out images: "
                           f"set data.held_out_per_class > 0")
@@ -281,10 +303,6 @@ def check_method(cfg: PretrainConfig) -> None:
                "its students, and they share their lower layers, so they cannot see different "
                "views)" if entry.multi_branch else "does not use one view per student")
         raise ConfigError(f"method.icl=true: {name} {why}; set method.icl=false")
-    if method.splits and not entry.multi_branch:
-        raise ConfigError(f"method.splits is only used by the multi-branch methods "
-                          f"({', '.join(m.name for m in registry.METHODS if m.multi_branch)}), "
-                          f"not {name}: remove it")
     from .methods import method_class  # torch; the registry's facts above are checked first
 
     method_class(name).check_config(cfg)

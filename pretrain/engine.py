@@ -27,17 +27,18 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from kdcl_common import NonFiniteLossError, artifact, provenance
+from kdcl_common import NonFiniteLossError, artifact, fingerprint, provenance, records
 from kdcl_common import distributed as kdist
-from kdcl_common.config import config_hash, to_dict, to_yaml
+from kdcl_common.config import to_dict, to_yaml
 from kdcl_common.io import atomic_write_text
-from kdcl_common.logs import MetricsWriter, attach_file, get_logger, progress
-from kdcl_common.runs import FINISHED, RESUME, Identity, RunFolder
+from kdcl_common.logs import MetricsWriter, get_logger, progress
+from kdcl_common.runs import FINISHED, RESUME, Identity, RunFolder, RunSession
 from kdcl_common.sampling import sample_seed
 from kdcl_common.schedule import learning_rate
+from kdcl_common.stopping import Stopped, StopRequest
 
 from . import methods, soft_targets
-from .config import CHECKPOINTS, RUNS, PretrainConfig
+from .config import CHECKPOINTS, LOCATIONS, RUNS, PretrainConfig
 from .data import loader as data_loader
 from .export import export_students
 from .losses import collaborative_loss
@@ -53,6 +54,50 @@ def student_names(cfg: PretrainConfig) -> list[str]:
     """The names of the outputs the method trains: the students' names (from the config, else
     the architecture; repeated names get _0, _1, ...), or a multi-branch network's branches."""
     return methods.method_class(cfg.method.name).output_names(cfg)
+
+
+@dataclass
+class EpochMeter:
+    """An epoch's training metrics so far, kept on the device (read at log intervals): per
+    student CE x n, KD x n and correct top-1 (`sums`), the images seen, and the first step whose
+    loss was not finite (-1: none). Saved in a mid-epoch checkpoint, summed over the ranks."""
+
+    sums: torch.Tensor
+    seen: torch.Tensor
+    first_bad: torch.Tensor
+
+    @classmethod
+    def zeros(cls, students: int, device: torch.device) -> "EpochMeter":
+        return cls(torch.zeros(3, students, device=device), torch.zeros((), device=device),
+                   torch.full((students,), -1, dtype=torch.long, device=device))
+
+    def state_dict(self) -> dict:
+        """The meter summed over the ranks (every rank calls this)."""
+        sums, seen = self.sums.clone(), self.seen.clone()
+        kdist.all_reduce_sum(sums)
+        kdist.all_reduce_sum(seen)
+        return {"sums": sums.cpu(), "seen": seen.cpu()}
+
+    def load_state_dict(self, state: dict, main: bool) -> None:
+        """Continue from `state` (the totals go to the main process, zeros elsewhere: the sum
+        over the ranks at the end of the epoch is then the same)."""
+        if main:
+            self.sums.copy_(state["sums"])
+            self.seen.copy_(state["seen"])
+
+
+@dataclass
+class Partial:
+    """Where an epoch stopped on a signal: the steps done, the meter, the seconds spent."""
+
+    step: int
+    meter: dict
+    seconds: float
+    data_wait: float
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "meter": self.meter, "seconds": self.seconds,
+                "data_wait": self.data_wait}
 
 
 @dataclass
@@ -79,26 +124,35 @@ class Trainer:
             self.corrupt.update(bad)
         return inputs, labels
 
+    def meter(self) -> EpochMeter:
+        return EpochMeter.zeros(len(self.names), self.ctx.device)
+
     # ------------------------------------------------------------------------------- training
-    def train_one_epoch(self, epoch: int) -> dict:
-        cfg, device, S = self.cfg, self.ctx.device, len(self.names)
+    def train_one_epoch(self, epoch: int, stop: StopRequest | None = None,
+                        resumed: dict | None = None) -> dict | Partial:
+        """One epoch (from the step a mid-epoch checkpoint `resumed` reached); returns its
+        metrics, or a Partial when `stop` was requested (the ranks agree on the step: every
+        step in one process, at the log interval with several)."""
+        cfg, device = self.cfg, self.ctx.device
         loader = self.data.train
-        loader.batch_sampler.set_epoch(epoch)
-        steps = len(loader)
-        # Dropout's random stream is a function of (seed, epoch, rank): resuming needs no RNG state.
-        torch.manual_seed(sample_seed(cfg.seed, epoch, self.ctx.rank, 1))
+        first = resumed["step"] if resumed else 0
+        loader.batch_sampler.set_epoch(epoch, first)
+        self.method.start_of_epoch(epoch)  # also when resuming mid-epoch: a function of epoch
+        steps = len(loader.batch_sampler)
         for m in self.modules:
             m.train()
-        sums = torch.zeros(3, S, device=device)  # ce * n, kd * n, correct
-        seen = torch.zeros((), device=device)
-        first_bad = torch.full((S,), -1, dtype=torch.long, device=device)
-        window = [sums.clone(), seen.clone()]
-        start, data_wait = time.perf_counter(), 0.0
+        meter = self.meter()
+        if resumed:
+            meter.load_state_dict(resumed["meter"], self.ctx.is_main)
+        window = [meter.sums.clone(), meter.seen.clone()]
+        start = time.perf_counter()
+        done_before = resumed["seconds"] if resumed else 0.0
+        data_wait = resumed["data_wait"] if resumed else 0.0
         bar = progress(loader, self.ctx.rank, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
-                       total=steps)
-        lr = learning_rate(cfg.optim, epoch * steps, steps)
+                       total=steps, initial=first)
+        lr = learning_rate(cfg.optim, epoch * steps + first, steps)
         tick = time.perf_counter()
-        for i, batch in enumerate(bar):
+        for i, batch in enumerate(bar, start=first):
             data_wait += time.perf_counter() - tick
             if batch.bad:
                 self.corrupt.update(batch.bad)
@@ -107,12 +161,13 @@ class Trainer:
                 lr = learning_rate(cfg.optim, step, steps)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                self._step(batch, sums, seen, first_bad, step)
-            if (i + 1) % cfg.train.log_interval == 0 or i + 1 == steps:
-                self._check_finite(first_bad, epoch, steps)
-                n = (seen - window[1]).clamp_min(1)
-                interval = ((sums - window[0]) / n).tolist()
-                window = [sums.clone(), seen.clone()]
+                self.train_step(batch, meter, step)
+            at_log = (i + 1) % cfg.train.log_interval == 0 or i + 1 == steps
+            if at_log:
+                self._check_finite(meter.first_bad, epoch, steps)
+                n = (meter.seen - window[1]).clamp_min(1)
+                interval = ((meter.sums - window[0]) / n).tolist()
+                window = [meter.sums.clone(), meter.seen.clone()]
                 scalars = {"lr": lr}
                 for k, name in enumerate(self.names):
                     scalars.update({f"{name}/ce": interval[0][k], f"{name}/kd": interval[1][k],
@@ -121,12 +176,17 @@ class Trainer:
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix({f"{n}_ce": f"{interval[0][k]:.3f}"
                                      for k, n in enumerate(self.names)})
+            if stop is not None and i + 1 < steps and (at_log or not self.ctx.distributed) \
+                    and kdist.any_across_ranks(stop.requested, device):
+                self._check_finite(meter.first_bad, epoch, steps)
+                return Partial(i + 1, meter.state_dict(),
+                               done_before + time.perf_counter() - start, data_wait)
             tick = time.perf_counter()
-        kdist.all_reduce_sum(sums)
-        kdist.all_reduce_sum(seen)
-        totals = (sums / seen.clamp_min(1)).tolist()
-        seconds = time.perf_counter() - start
-        images = int(seen.item())
+        kdist.all_reduce_sum(meter.sums)
+        kdist.all_reduce_sum(meter.seen)
+        totals = (meter.sums / meter.seen.clamp_min(1)).tolist()
+        seconds = done_before + time.perf_counter() - start
+        images = int(meter.seen.item())
         out = {"lr": self.optimizer.param_groups[0]["lr"], "train_images": images,
                "train_seconds": round(seconds, 3), "data_wait_seconds": round(data_wait, 3),
                "images_per_second": round(images / seconds, 1),
@@ -136,7 +196,13 @@ class Trainer:
                         f"train/{name}/top1": 100 * totals[2][k]})
         return out
 
-    def _step(self, batch: data_loader.Batch, sums, seen, first_bad, step) -> None:
+    def train_step(self, batch: data_loader.Batch, meter: EpochMeter, step: int) -> None:
+        """One optimiser step of every student on `batch` (global step `step`), its metrics
+        added to `meter` on the device: no host-device synchronisation. The engine's loop and
+        the benchmark (pretrain/bench.py) both call this."""
+        # Dropout's random stream is a function of (seed, step, rank): resuming at any step
+        # needs no RNG state.
+        torch.manual_seed(sample_seed(self.cfg.seed, step, self.ctx.rank, 1))
         inputs, labels = self.inputs(batch)
         with self.autocast():
             outputs = self.method.forward(self.wrapped, inputs)
@@ -154,10 +220,11 @@ class Trainer:
             n = labels.numel()
             ce, kd = terms.ce.detach(), terms.kd.detach()
             correct = (logits.detach().argmax(-1) == labels).sum(1)
-            sums += torch.stack([ce * n, kd * n, correct.float()])
-            seen += n
+            meter.sums += torch.stack([ce * n, kd * n, correct.float()])
+            meter.seen += n
             finite = torch.isfinite(ce) & torch.isfinite(kd)
-            first_bad.copy_(torch.where(~finite & (first_bad < 0), step, first_bad))
+            meter.first_bad.copy_(torch.where(~finite & (meter.first_bad < 0), step,
+                                              meter.first_bad))
 
     def _check_finite(self, first_bad: torch.Tensor, epoch: int, steps: int) -> None:
         bad = kdist.earliest_across_ranks(first_bad).tolist()
@@ -214,6 +281,22 @@ class Trainer:
             out["general_weights"] = [round(w, 6) for w in weights.tolist()]
         return out
 
+    # ---------------------------------------------------------------------------- checkpoints
+    def state_dict(self, epoch: int, history: list, wall: float) -> dict:
+        """A checkpoint after `epoch` completed epochs (a stop adds where it was in the next)."""
+        return {"epoch": epoch, "students": [m.state_dict() for m in self.modules],
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "method": self.method.state_dict(), "config": to_dict(self.cfg),
+                "history": history, "wall_seconds": wall}
+
+    def load_state_dict(self, state: dict) -> None:
+        for m, sd in zip(self.modules, state["students"]):
+            m.load_state_dict(sd)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state["scaler"]:  # empty when saved without fp16 (train.amp may change after NaN)
+            self.scaler.load_state_dict(state["scaler"])
+        self.method.load_state_dict(state["method"])
+
     def sync_buffers(self) -> None:
         """Give every rank rank 0's BatchNorm statistics before evaluating and exporting."""
         if self.ctx.distributed:
@@ -223,7 +306,7 @@ class Trainer:
 
 
 # ------------------------------------------------------------------------------------ set-up
-def _configure_determinism(cfg: PretrainConfig, device: torch.device) -> None:
+def configure_determinism(cfg: PretrainConfig, device: torch.device) -> None:
     if cfg.train.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
@@ -267,6 +350,21 @@ def make_autocast(device: torch.device, dtype: torch.dtype | None) -> Callable:
     if dtype is None:
         return nullcontext
     return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def _stopped(trainer: "Trainer", stop: StopRequest, epoch: int, partial: Partial,
+             history: list, wall: float, run_dir: Path) -> Stopped:
+    """Write the checkpoint of the step a stop signal reached (main process) and say so."""
+    path = CHECKPOINTS.path(run_dir)
+    if trainer.ctx.is_main:
+        CHECKPOINTS.save(run_dir, {**trainer.state_dict(epoch, history, wall),
+                                   "partial": partial.state_dict()})
+        trainer.writer.close()
+    kdist.barrier()
+    steps = len(trainer.data.train.batch_sampler)
+    return Stopped(f"stopped by {stop.name} at epoch {epoch + 1}, step {partial.step} of "
+                   f"{steps}: the checkpoint of that step is {path}. Continue with the same "
+                   f"command plus --resume.", stop.signum)
 
 
 def _epoch_line(epoch: int, cfg: PretrainConfig, names: list[str], m: dict, seconds: float) -> str:
@@ -327,9 +425,13 @@ def build_trainer(cfg: PretrainConfig, ctx, data: data_loader.Data, names: list[
 
 
 def run_identity(cfg: PretrainConfig) -> Identity:
-    """The config and, for KD, the teacher's weights (kdcl_common/runs.py)."""
+    """The config less its locations, the data's fingerprint and, for KD, the teacher's
+    weights (kdcl_common/runs.py)."""
     inputs = {"teacher": artifact.as_input(cfg.method.teacher)} if cfg.method.teacher else {}
-    return Identity(to_dict(cfg), inputs)
+    data = data_loader.identified_files(cfg.data)
+    if data is not None:
+        inputs["data"] = fingerprint.as_input(cfg.data.root, data)
+    return Identity(to_dict(cfg), inputs, LOCATIONS)
 
 
 def status(config_file: str, overrides: list[str] = ()) -> tuple[str, str]:
@@ -344,89 +446,83 @@ def _run(cfg: PretrainConfig, config_file: str, resume: bool, restart: bool, ctx
     run_dir = cfg.run_dir
     logger = get_logger("pretrain", ctx.rank)
     folder = RunFolder(run_dir, RUNS, run_identity(cfg))
-    action = folder.decide(resume, restart)
-    if action == FINISHED:
-        logger.info(f"{run_dir} is already finished; exports in {run_dir / 'export'}")
-        return run_dir
-
-    # Checks and set-up: nothing is written to the run folder until folder.start().
-    _configure_determinism(cfg, ctx.device)
-    names = student_names(cfg)
-    views = len(cfg.students) if cfg.method.icl else 1
-    data = data_loader.build(cfg.data, views, cfg.optim.batch_size, cfg.seed, ctx,
-                             cfg.train.channels_last)
-    trainer = build_trainer(cfg, ctx, data, names, logger, MetricsWriter(run_dir, enabled=False))
-    modules, optimizer, scaler, method = (trainer.modules, trainer.optimizer, trainer.scaler,
-                                          trainer.method)
-    start_epoch, history, wall = 0, [], 0.0
-    if action == RESUME:
-        state = CHECKPOINTS.load(run_dir)
-        for m, sd in zip(modules, state["students"]):
-            m.load_state_dict(sd)
-        optimizer.load_state_dict(state["optimizer"])
-        if state["scaler"]:  # empty when saved without fp16 (train.amp may change after NaN)
-            scaler.load_state_dict(state["scaler"])
-        method.load_state_dict(state["method"])
-        start_epoch, history, wall = state["epoch"], state["history"], state["wall_seconds"]
-    config = to_dict(cfg)
-    kdist.barrier()  # every rank has read the folder before rank 0 changes it
-    if ctx.is_main:
-        folder.start(action, {
+    with RunSession(folder, logger, extra_writable=(records.folder(cfg.records),)) as session, \
+            StopRequest() as stop:
+        action = session.decide(resume, restart)
+        if action == FINISHED:
+            logger.info(f"{run_dir} is already finished; exports in {run_dir / 'export'}")
+            return run_dir
+        # Checks and set-up: nothing is written to the run folder until session.start().
+        configure_determinism(cfg, ctx.device)
+        names = student_names(cfg)
+        views = len(cfg.students) if cfg.method.icl else 1
+        data = data_loader.build(cfg.data, views, cfg.optim.batch_size, cfg.seed, ctx,
+                                 cfg.train.channels_last)
+        trainer = build_trainer(cfg, ctx, data, names, logger,
+                                MetricsWriter(run_dir, enabled=False))
+        start_epoch, history, wall, partial = 0, [], 0.0, None
+        if action == RESUME:
+            state = CHECKPOINTS.load(run_dir)
+            trainer.load_state_dict(state)
+            start_epoch, history, wall = state["epoch"], state["history"], state["wall_seconds"]
+            partial = state.get("partial")
+        session.start(action, {
             "config.yaml": to_yaml(cfg),
             "environment.json": json.dumps({**provenance.environment(ctx.world_size),
                                             "config_file": config_file,
-                                            "config_hash": config_hash(cfg)}, indent=2) + "\n"})
-        attach_file(logger, run_dir / "log.txt")
-        if len(data.held_out_indices):
+                                            "config_hash": folder.identity.config_hash},
+                                           indent=2) + "\n"})
+        if ctx.is_main and len(data.held_out_indices):
             src = data.train.dataset.source
             atomic_write_text(run_dir / "held_out.txt", "\n".join(
                 src.describe(int(i)) for i in data.held_out_indices) + "\n")
-    trainer.writer = MetricsWriter(run_dir, enabled=ctx.is_main)
-    logger.info(f"run {cfg.name} seed {cfg.seed}: {cfg.method.name} (icl={cfg.method.icl}), "
-                f"students {names}, {ctx.world_size} process(es) on {ctx.device.type}; "
-                f"writing to {run_dir}")
-    if action == RESUME:
-        logger.info(f"resumed from {CHECKPOINTS.path(run_dir)} after epoch {start_epoch}"
-                    + (" with " + "; ".join(c.strip() for c in folder.changes)
-                       if folder.changes else ""))
+        trainer.writer = MetricsWriter(run_dir, enabled=ctx.is_main)
+        logger.info(f"run {cfg.name} seed {cfg.seed}: {cfg.method.name} (icl={cfg.method.icl}), "
+                    f"students {names}, {ctx.world_size} process(es) on {ctx.device.type}; "
+                    f"writing to {run_dir}")
+        if action == RESUME:
+            where = (f"at epoch {start_epoch + 1}, step {partial['step']}" if partial
+                     else f"after epoch {start_epoch}")
+            logger.info(f"resumed from {CHECKPOINTS.path(run_dir)} {where}"
+                        + (" with " + "; ".join(c.strip() for c in folder.changes)
+                           if folder.changes else ""))
+        try:
+            for epoch in range(start_epoch, cfg.optim.epochs):
+                t0 = time.perf_counter()
+                before = partial["seconds"] if partial else 0.0  # spent before a stop
+                result = trainer.train_one_epoch(epoch, stop, partial)
+                if isinstance(result, Partial):
+                    raise _stopped(trainer, stop, epoch, result, history, wall, run_dir)
+                partial = None
+                metrics = {"epoch": epoch + 1, **result}
+                trainer.sync_buffers()
+                metrics.update(trainer.evaluate(data.val, "val"))
+                if data.held_out is not None:
+                    held = trainer.evaluate(data.held_out, "held_out", covariance=True)
+                    metrics.update(held)
+                    trainer.method.end_of_epoch(held)
+                seconds = before + time.perf_counter() - t0
+                wall += seconds
+                metrics["epoch_seconds"] = round(seconds, 3)
+                history.append(metrics)
+                if ctx.is_main:
+                    CHECKPOINTS.save(run_dir, trainer.state_dict(epoch + 1, history, wall))
+                    trainer.writer.write("epoch", epoch + 1,
+                                         {k: v for k, v in metrics.items()
+                                          if k != "general_weights"},
+                                         general_weights=metrics.get("general_weights"))
+                    logger.info(_epoch_line(epoch, cfg, names, metrics, seconds))
+                kdist.barrier()
+        finally:
+            trainer.writer.close()
 
-    try:
-        for epoch in range(start_epoch, cfg.optim.epochs):
-            t0 = time.perf_counter()
-            metrics = {"epoch": epoch + 1, **trainer.train_one_epoch(epoch)}
-            trainer.sync_buffers()
-            metrics.update(trainer.evaluate(data.val, "val"))
-            if data.held_out is not None:
-                held = trainer.evaluate(data.held_out, "held_out", covariance=True)
-                metrics.update(held)
-                method.end_of_epoch(held)
-            seconds = time.perf_counter() - t0
-            wall += seconds
-            metrics["epoch_seconds"] = round(seconds, 3)
-            history.append(metrics)
-            if ctx.is_main:
-                CHECKPOINTS.save(run_dir, {
-                    "epoch": epoch + 1, "students": [m.state_dict() for m in modules],
-                    "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                    "method": method.state_dict(), "config": config, "history": history,
-                    "wall_seconds": wall})
-                trainer.writer.write("epoch", epoch + 1,
-                                     {k: v for k, v in metrics.items() if k != "general_weights"},
-                                     general_weights=metrics.get("general_weights"))
-                logger.info(_epoch_line(epoch, cfg, names, metrics, seconds))
-            kdist.barrier()
-    except NonFiniteLossError:
         if ctx.is_main:
-            folder.mark_stopped("non-finite loss")
-        raise
-    finally:
-        trainer.writer.close()
-
-    if ctx.is_main:
-        metas = export_students(cfg, config_file, method.exports(names, modules, cfg.students),
-                                modules, data, history, wall, ctx.world_size, folder)
-        for meta in metas:
-            logger.info(f"exported {meta['name']} ({meta['architecture']}, top-1 "
-                        f"{meta['metrics']['top1']:.2f}) to {run_dir / 'export' / meta['name']}.pth")
+            metas = export_students(cfg, config_file,
+                                    trainer.method.exports(names, trainer.modules, cfg.students),
+                                    trainer.modules, data, history, wall, ctx.world_size, folder)
+            for meta in metas:
+                logger.info(f"exported {meta['name']} ({meta['architecture']}, top-1 "
+                            f"{meta['metrics']['top1']:.2f}) to "
+                            f"{run_dir / 'export' / meta['name']}.pth")
     kdist.barrier()
     return run_dir

@@ -15,7 +15,7 @@ from .methods import Export
 
 from kdcl_common import artifact, models, provenance, records
 from kdcl_common.identity import accepted_changes
-from kdcl_common.config import config_hash, to_dict
+from kdcl_common.config import to_dict
 from kdcl_common.io import DiskFullError, atomic_write_json
 from kdcl_common.runs import RunFolder
 
@@ -25,8 +25,8 @@ from .config import CHECKPOINTS, RUNS, PretrainConfig
 def export_students(cfg: PretrainConfig, config_file: str, exports: list[Export],
                     modules: list[nn.Module], data, history: list[dict], wall_seconds: float,
                     world_size: int, folder: RunFolder) -> list[dict]:
-    """Write `<run_dir>/export/<student>.{pth,json}` for every export with a module, append one
-    record per export, then the manifest (last, so its presence means the export is
+    """Write `<run_dir>/export/<student>.{pth,json}` for every export with a module, the run's
+    records (one per export), then the manifest (last, so its presence means the export is
     complete). `modules` are the networks trained (for the parameter count)."""
     try:
         return _export(cfg, config_file, exports, modules, data, history, wall_seconds,
@@ -53,13 +53,13 @@ def _export(cfg, config_file, exports, modules, data, history, wall_seconds, wor
     teacher = folder.identity.inputs.get("teacher", {})
     changes = accepted_changes(run_dir)
     env = provenance.environment(world_size)
-    chash = config_hash(cfg)
+    chash = folder.identity.config_hash  # locations left out
     images = sum(h.get("train_images", 0) for h in history)
     train_seconds = sum(h.get("train_seconds", 0.0) for h in history)
     group = "+".join(names)
     pre = artifact.preprocessing(data.mean, data.std, cfg.data.image_size,
                                  cfg.data.eval_resize if cfg.data.policy == "imagenet" else None)
-    metas = []
+    metas, rows = [], []
     for name, arch, kwargs, module, notes in exports:
         top1, top5 = final[f"val/{name}/top1"], final[f"val/{name}/top5"]
         best_top1, best_at = best_epoch(history, name)
@@ -95,8 +95,8 @@ def _export(cfg, config_file, exports, modules, data, history, wall_seconds, wor
         })
         if module is not None:
             metas.append(meta)
-        records.append(
-            cfg.records, stage="pretrain", task="classification", dataset=data.dataset_name,
+        rows.append(records.make(
+            stage="pretrain", task="classification", dataset=data.dataset_name,
             backend="pytorch", backbone=models.label(arch, kwargs), method=cfg.method.name,
             metrics={**scores,
                      "ensemble_top1": final.get("val/ensemble/top1"),
@@ -108,7 +108,8 @@ def _export(cfg, config_file, exports, modules, data, history, wall_seconds, wor
             artifact=str(path) if module is not None else None, exported=module is not None,
             backbone_sha256=meta.get("sha256"), system_parameters=system_parameters,
             images_per_second=round(images / train_seconds, 1) if train_seconds else None,
-            **({"config_changes": changes} if changes else {}))
+            **({"config_changes": changes} if changes else {})))
+    records.write(cfg.records, "pretrain", f"{cfg.name}/seed{cfg.seed}", rows)
     atomic_write_json(run_dir / RUNS.finished_marker, {
         "students": names, "created": env["created"],
         "files": {e.name: f"{e.name}.pth" for e in exports if e.module is not None}})

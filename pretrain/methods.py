@@ -15,7 +15,8 @@ pretrain/registry.py; `build` makes the one a config names.
     one, clnn       multi-branch networks (pretrain/one.py, pretrain/clnn.py)
 
 To add a method: subclass `Method` in a file of its own, override the hooks it needs (most
-methods need only `targets`), and add one `Entry` to pretrain/registry.py.
+methods need only `targets`), and add one `Entry` to pretrain/registry.py (with the `Option`s
+of its own hyper-parameters, which reach the class as attributes of its `cfg`).
 """
 from __future__ import annotations
 
@@ -63,6 +64,8 @@ class Method:
         check_config      check and resolve the method's own config keys
         output_names      the names of the outputs (students, or branches)
         networks          the modules trained (one per student, or one multi-branch network)
+    Every epoch, before its first step:
+        start_of_epoch    per-epoch settings that follow from the epoch alone (ONE's ramp-up)
     Every training step:
         forward           logits of every output [S, B, C] (+ the method's own ensemble)
         targets           constant soft targets from the detached logits (no autograd)
@@ -108,6 +111,10 @@ class Method:
         return [models.build(s.arch, num_classes=num_classes, **s.kwargs) for s in cfg.students]
 
     # ----------------------------------------------------------------------- training step
+    def start_of_epoch(self, epoch: int) -> None:
+        """Called before the first step of every epoch (0-based, also when a run resumes), so
+        what it sets is a function of the epoch and needs no checkpoint."""
+
     def forward(self, nets: list[nn.Module], inputs: list[Tensor]) -> Outputs:
         """Student k sees view k (ICL) or the only view."""
         return Outputs(torch.stack([net(inputs[k % len(inputs)]) for k, net in enumerate(nets)]))

@@ -31,6 +31,7 @@ from kdcl_common import ConfigError, models
 from kdcl_common.models.cifar import CifarResNet, WideResNet
 
 from .methods import Export, Method, Outputs
+from .registry import SplitConfig
 
 
 class Layout(NamedTuple):
@@ -181,8 +182,6 @@ class MultiBranchMethod(Method):
     def check_config(cls, cfg) -> None:
         """Resolve method.splits ([]: the default fan-outs at the last stages) so that run.json,
         the export and --print-config show the tree trained; then check it."""
-        from .config import SplitConfig
-
         student = cfg.students[0]
         names = stages(student.arch, student.kwargs)
         splits = cfg.method.splits

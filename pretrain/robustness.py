@@ -18,7 +18,8 @@ Choices the paper leaves open:
 - One pass over the test split per group of exports that share it: each batch is read once and
   every (draw, delta, export) is evaluated on it, batched; nothing loops over images.
 
-One record per (export, delta) is appended to `--records` (kdcl_common/records.py): stage
+One record per (export, delta), in one file per export under the `--records` folder
+(kdcl_common/records.py: <records>/robustness/<run>/<student>-draws<n>-noise<seed>.json): stage
 "robustness", `delta`, `draws`, `noise_seed`, metrics {loss, loss_std, top1, top1_std} (means
 and sample standard deviations over the draws) and what identifies the export
 (`backbone_path`, `backbone_sha256`). A (export sha256, delta, draws, noise seed) already
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -51,7 +51,7 @@ from .config import DataConfig, SyntheticConfig
 STAGE = "robustness"
 DELTAS = tuple(round(0.01 * i, 2) for i in range(16))  # Fig. 4: 0.00 ... 0.15
 DRAWS = 10  # "each point is the mean of 10 tests"
-DEFAULT_RECORDS = "results/records/robustness.jsonl"
+DEFAULT_RECORDS = records.DEFAULT_FOLDER
 NOISE = {"distribution": "gaussian", "scale": "0-1 pixels, before normalisation",
          "clamp": [0.0, 1.0], "shared_across_deltas": True}
 
@@ -261,16 +261,11 @@ class Subject:
 
 
 def recorded(path: Path, draws: int, seed: int) -> set[tuple[str, float]]:
-    """(backbone sha256, delta) of the robustness records in `path` made with `draws` draws of
-    noise seed `seed`. Lines that are not records are left to `python -m results` to report."""
+    """(backbone sha256, delta) of the robustness records under the records folder `path` made
+    with `draws` draws of noise seed `seed`. What is not a record is left to `python -m results`
+    to report."""
     done: set[tuple[str, float]] = set()
-    if not path.is_file():
-        return done
-    for line in path.read_text().splitlines():
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for _, r in records.scan([records.folder(path)]):
         if (isinstance(r, dict) and r.get("stage") == STAGE and r.get("draws") == draws
                 and r.get("noise_seed") == seed and isinstance(r.get("delta"), (int, float))):
             done.add((str(r.get("backbone_sha256")), round(float(r["delta"]), 6)))
@@ -297,7 +292,7 @@ def prepare(paths: Sequence[str], deltas: Sequence[float], draws: int, seed: int
         todo = [d for d in deltas if (meta["sha256"], round(d, 6)) not in done]
         if not todo:
             skipped.append(f"already evaluated: {path} (all {len(deltas)} deltas with {draws} "
-                           f"draws of noise seed {seed} are in {records_path})")
+                           f"draws of noise seed {seed} are in {records.folder(records_path)})")
             continue
         subjects.append(Subject(path, meta, network, cfg, todo))
     if root is not None and len({s.meta["dataset"]["name"] for s in subjects}) > 1:
@@ -347,22 +342,35 @@ def run(paths: Sequence[str], deltas: Sequence[float] = DELTAS, draws: int = DRA
             grid, draws, seed, dev)
         seconds = time.perf_counter() - start
         for m, s in enumerate(group):
-            for d, delta in enumerate(grid):
-                if delta in s.todo:
-                    written.append(write(records_path, s, delta, draws, seed, losses[m, d],
-                                         top1[m, d], images, seconds))
+            rows = [record(s, delta, draws, seed, losses[m, d], top1[m, d], images, seconds)
+                    for d, delta in enumerate(grid) if delta in s.todo]
+            write(records_path, s, draws, seed, rows)
+            written += rows
             log(f"{s.path}: loss at delta " + ", ".join(
                 f"{delta:g}: {losses[m, d].mean():.4f}" for d, delta in enumerate(grid)
                 if delta in s.todo))
     return written
 
 
-def write(path: Path, s: Subject, delta: float, draws: int, seed: int, losses: np.ndarray,
-          top1: np.ndarray, images: int, seconds: float) -> dict:
+def write(path: Path, s: Subject, draws: int, seed: int, rows: list[dict]) -> Path:
+    """The export's records of this grid, with those of other deltas already in its file."""
+    meta = s.meta
+    run = f"{meta.get('config_name') or s.path.parent.parent.name}/seed{meta.get('seed')}/" \
+          f"{meta.get('name') or s.path.stem}-draws{draws}-noise{seed}"
+    target = records.path_of(path, STAGE, run)
+    new = {round(float(r["delta"]), 6) for r in rows}
+    kept = [r for r in (records.read_file(target) if target.is_file() else [])
+            if r.get("backbone_sha256") == meta["sha256"]
+            and round(float(r.get("delta", -1)), 6) not in new]
+    return records.write(path, STAGE, run, sorted(kept + rows, key=lambda r: r["delta"]))
+
+
+def record(s: Subject, delta: float, draws: int, seed: int, losses: np.ndarray,
+           top1: np.ndarray, images: int, seconds: float) -> dict:
     meta, config = s.meta, s.meta.get("config") or {}
     kwargs = {k: v for k, v in meta["constructor_kwargs"].items() if k != "num_classes"}
-    return records.append(
-        path, stage=STAGE, task="classification", dataset=meta["dataset"]["name"],
+    return records.make(
+        stage=STAGE, task="classification", dataset=meta["dataset"]["name"],
         backend="pytorch", backbone=models.label(meta["architecture"], kwargs),
         method=meta.get("method"), metrics=summarise(losses, top1), seed=meta.get("seed"),
         preset=config.get("preset"), config=meta.get("config_name"),
@@ -407,8 +415,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help=f"noise draws per delta, averaged (default: {DRAWS})")
     parser.add_argument("--seed", type=int, default=0,
                         help="noise seed: draw k of seed s is the same noise for every export")
-    parser.add_argument("--records", default=DEFAULT_RECORDS,
-                        help=f"JSONL file the records are appended to (default: {DEFAULT_RECORDS})")
+    parser.add_argument("--records", default=DEFAULT_RECORDS, metavar="FOLDER",
+                        help=f"the records folder: one file per export under "
+                             f"<FOLDER>/robustness/ (default: {DEFAULT_RECORDS})")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--batch-size", type=int, default=500, help="test images per batch")
     parser.add_argument("--workers", type=int, default=2, help="data-loading processes")

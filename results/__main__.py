@@ -10,9 +10,9 @@ from kdcl_common import KdclError
 from .build import RESULTS, build, writable_out, write_error
 
 EXAMPLES = """examples:
-  python -m results                                   # results/records/*.jsonl -> results/
+  python -m results                                   # results/records -> results/
   python -m results --no-figures                      # tables and README only
-  python -m results --records runs/a.jsonl runs/b/ --out /tmp/report
+  python -m results --records /scratch/records old.jsonl --out /tmp/report
 """
 
 
@@ -24,8 +24,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                     "results from the result records. Malformed record lines are skipped with a "
                     "warning naming file:line; output folders are replaced whole.")
     parser.add_argument("--records", nargs="+", type=Path, default=None, metavar="PATH",
-                        help="JSONL files or folders of *.jsonl; each must exist "
-                        "(default: results/records, where the stages append them)")
+                        help="records folders (searched for the stages' per-run record files "
+                             "and older *.jsonl) or files; each must exist (default: "
+                             "results/records, where the stages write them)")
     parser.add_argument("--out", type=Path, default=RESULTS, metavar="DIR",
                         help="where tables/, figures/ and README.md go (default: results/)")
     parser.add_argument("--no-figures", action="store_true", help="skip the figures")
@@ -45,8 +46,8 @@ def _main(args) -> int:
     for path in args.records or ():
         if not path.is_file() and not path.is_dir():
             what = "is neither a file nor a folder" if path.exists() else "does not exist"
-            raise KdclError(f"--records {path} {what}: give a JSONL file of result records or "
-                            f"a folder of *.jsonl files")
+            raise KdclError(f"--records {path} {what}: give a records folder (e.g. "
+                            f"results/records) or a record file")
     writable_out(args.out)
     # the default, results/records: no records yet is not an error (nothing run yet)
     sources = args.records or [RESULTS / "records"]

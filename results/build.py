@@ -1,4 +1,5 @@
-"""Records -> tables, figures and README, each output folder replaced whole.
+"""Records -> tables, figures and README, each output folder replaced whole; the one place that
+puts the tables together (`tables`).
 
 Every output folder is built in a temporary folder beside it and swapped in, so a crash leaves
 the previous complete folder (never half of a new one). On Linux the swap is one atomic
@@ -25,7 +26,8 @@ from pathlib import Path
 from kdcl_common import KdclError
 from kdcl_common.io import atomic_write_text, make_public_dir
 
-from . import collect, curves, layouts, plots, render, report, robustness, tabulate
+from . import collect, curves, fig4, layouts, plots, render, report, tabulate
+from .cells import Table
 
 RESULTS = Path("results")  # relative to the working directory, like the stages' records
 LOCK = ".build.lock"
@@ -58,6 +60,15 @@ def _recover(target: Path) -> None:
         new = old.with_name(old.name.replace(".old-", ".new-"))
         os.rename(new if new.is_dir() else old, target)
         return
+
+
+def tables(data, paper) -> list[Table]:
+    """Every table, in the order results/README.md lists them: per config folder, in the paper's
+    layouts, Fig. 4's gaps, transfer, and the cost of the training runs."""
+    built = (tabulate.pretrain_tables(data, paper) + layouts.build(data, paper)
+             + fig4.tables(data) + tabulate.transfer_tables(data, paper))
+    trained = data["stage"].isin(["pretrain", "transfer"]).any()
+    return built + ([tabulate.cost_table(data)] if trained else [])
 
 
 @contextmanager
@@ -160,7 +171,7 @@ def build(sources: list[Path], out: Path = RESULTS, draw: bool = True, log=print
 
 
 def _build(data, found: list, sources: list[Path], out: Path, draw: bool, log) -> int:
-    built, more = _caught(tabulate.build, data, tabulate.load_paper())
+    built, more = _caught(tables, data, tabulate.load_paper())
     found += more
     files: dict[str, list[Path]] = {}
     with staged(out / "tables") as tmp:
@@ -175,13 +186,13 @@ def _build(data, found: list, sources: list[Path], out: Path, draw: bool, log) -
     # Without `draw` the previous figures stay and are still listed.
     files["figures"] = sorted((out / "figures").iterdir()) if (out / "figures").is_dir() else []
     warned = report_warnings(found, out, log)
-    notes = layouts.notes(data) + robustness.notes(data)
+    notes = layouts.notes(data) + fig4.notes(data)
     for note in notes:
         log(f"note: {note}")
     atomic_write_text(out / "README.md", report.readme(data, built, files, sources,
                                                        warned, out, notes))
     log(f"{len(built)} tables (md, csv, tex) in {out / 'tables'}")
-    log(f"{len(files['figures'])} figures in {out / 'figures'}"
+    log(f"{len({p.stem for p in files['figures']})} figures (png, pdf) in {out / 'figures'}"
         + ("" if draw else " (not rebuilt: --no-figures)"))
     log(f"summary: {out / 'README.md'}")
     return 0

@@ -1,38 +1,29 @@
 """Result records into a tidy pandas table: one row per record and metric. What a record holds
-is documented where the stages write it: `kdcl_common/records.py`.
+is `kdcl_common/records.py`'s SCHEMA, the one list of record fields: every field of it is a
+column here.
 
-Records come from `results/records/*.jsonl` (one JSON object per line, appended by the stages).
-A line that is not JSON, lacks a required field or has one of the wrong type is skipped with a
-warning naming its file and line. A run exported twice (a re-run after a crash between export
-and record) keeps its newest record. A stale record, made from weights that a later pre-training
-run has replaced (a transfer record from an old export, a KD record from an old teacher, a
-robustness record from an old export), is dropped with a warning that says how to refresh it.
+Records come from the records folder (`results/records`: one file per run under
+`<stage>/`, and the JSONL files of earlier versions). A line or record that is not JSON, lacks a
+required field or has one of the wrong type is skipped with a warning naming its file and line.
+A run exported twice (a re-run after a crash between export and record) keeps its newest record.
+A stale record, made from weights that a later pre-training run has replaced (a transfer record
+from an old export, a KD record from an old teacher, a robustness record from an old export), is
+dropped with a warning that says how to refresh it.
 """
 from __future__ import annotations
 
-import json
+import re
 import warnings
 from pathlib import Path
 
 import pandas as pd
 
-REQUIRED = ("stage", "task", "dataset", "backend", "backbone", "method", "metrics", "seed",
-            "preset", "config", "run_dir", "created")
-# Extra fields carried into the table when present (they identify or describe the run).
-OPTIONAL = ("student", "icl", "group", "teacher", "epochs", "protocol", "detector", "head",
-            "pretrain_config", "pretrain_seed", "config_file", "config_hash", "git_commit",
-            "git_dirty", "world_size", "devices", "wall_seconds", "images_per_second",
-            "backbone_sha256", "iterations", "versions", "artifact", "backbone_path",
-            "teacher_sha256",
-            "system_parameters",  # pre-training: parameters of all the models trained together
-            "exported",  # pre-training: false for a branch recorded but not exported (ONE, CLNN)
-            "delta")  # robustness: the std of the Gaussian pixel noise (0-1 scale)
+from kdcl_common import records as schema
+
+REQUIRED = schema.REQUIRED
+# Every other field of the schema is carried into the table (None where a record lacks it).
+OPTIONAL = tuple(name for name in schema.SCHEMA if name not in REQUIRED)
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# What each required field must be: the check, and the words for it in a warning.
-_TEXT = (lambda v: isinstance(v, str) and v != "", "a non-empty string")
-TYPES = {**{k: _TEXT for k in REQUIRED if k not in ("seed", "metrics")},
-         "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
-         "metrics": (lambda v: isinstance(v, dict), "an object")}
 
 
 class RecordWarning(UserWarning):
@@ -51,54 +42,28 @@ def skipped(where: str, why: str, said: str | None = None) -> None:
     warnings.warn(RecordWarning(f"{where}: skipped, {said or why}", where, why), stacklevel=3)
 
 
+def _kind(problem: str) -> str:
+    """A problem without the value it shows ("seed is 'one', not an integer" -> "seed not an
+    integer"): what the warnings of one kind share."""
+    field = re.fullmatch(r"(\S+) is .*, not (.+)", problem)
+    return f"{field[1]} not {field[2]}" if field else problem
+
+
 def read(paths: list[Path]) -> list[dict]:
-    """Valid records from `paths` (files, or folders of *.jsonl)."""
-    files: list[Path] = []
-    for path in paths:
-        path = Path(path)
-        files += sorted(path.glob("*.jsonl")) if path.is_dir() else [path] if path.is_file() else []
+    """Valid records from `paths` (record files, or folders searched for them)."""
     out = []
-    for file in files:
-        lines = file.read_text(errors="replace").splitlines()  # a bad byte: a line not JSON
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{file}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                skipped(where, "not JSON", f"not JSON ({e.msg})")
-                continue
-            if not isinstance(record, dict):
-                skipped(where, "not a JSON object")
-                continue
-            missing = [k for k in REQUIRED if k not in record]
-            if missing:
-                skipped(where, f"missing {', '.join(missing)}")
-                continue
-            wrong = [k for k in REQUIRED if not TYPES[k][0](record[k])]
-            if wrong:
-                skipped(where, "; ".join(f"{k} not {TYPES[k][1]}" for k in wrong),
-                        "; ".join(f"{k} is {_shown(record[k])}, not {TYPES[k][1]}"
-                                  for k in wrong))
-                continue
-            record["_source"] = where
-            out.append(record)
+    for where, record in schema.scan(paths):
+        why = schema.unreadable(record)
+        if why is not None:
+            skipped(where, "not JSON", f"not JSON ({why})")
+            continue
+        wrong = schema.problems(record)
+        if wrong:
+            skipped(where, "; ".join(map(_kind, wrong)), "; ".join(wrong))
+            continue
+        record["_source"] = where
+        out.append(record)
     return out
-
-
-def _shown(value) -> str:
-    """A field's value as a warning shows it: JSON's words for null and booleans, strings
-    quoted, containers by kind only (they can be long)."""
-    if value is None or isinstance(value, bool):
-        return json.dumps(value)
-    if isinstance(value, str):
-        return repr(value if len(value) <= 40 else value[:37] + "...")
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list):
-        return "a list"
-    return repr(value)
 
 
 def identity(record: dict) -> tuple:

@@ -4,7 +4,7 @@ several config folders (the per-folder tables of tabulate.py stay as they are).
 Each table names the configs behind its rows (pretrain/configs/...); a table is built when the
 records hold at least one of them, and its other rows show the paper's numbers alone. Cells are
 the same as tabulate's (mean ± std over seeds, Δ with a Welch interval, paper columns). ONE and
-CLNN count by their exported branch (tabulate.fold_branches); Table 5's ResNet-18s, separate
+CLNN count by their exported branch (rows.fold_branches); Table 5's ResNet-18s, separate
 networks of one run, by their mean per seed. Paper values are looked up in paper_kdcl.csv by
 setting, which is the config folder (rows shared with the per-folder tables) or the config
 itself (Tables 1, 9, 10, whose cells belong to one config each).
@@ -14,9 +14,9 @@ from __future__ import annotations
 import math
 import pandas as pd
 
-from . import stats
-from .tabulate import (BEST, EPOCH_NOTE, PAPER_ONLY, Table, _cell, _frame, best_cell,
-                       fold_branches, method_label, row_order, seed_means)
+from . import cells, stats
+from .cells import BEST, EPOCH_NOTE, PAPER_ONLY, Table, seed_means
+from .rows import PAPER_VARIANT, fold_branches, method_label, row_order
 
 NAN = (math.nan, math.nan)
 PAPER = ("paper: Guo et al.'s (CVPR 2020) value for the same cell ({table}), from "
@@ -33,7 +33,7 @@ T3_ROWS = [
     ("Vanilla", "imagenet/r18/independent", "imagenet/r18", "independent"),
     ("ONE (3 branches)", "imagenet/r18/one", "imagenet/r18", "one"),
     ("KDCL-MinLogit, peer MobileNetV2 x1.2", "imagenet/r18_mbv2x1.2/kdcl_minlogit",
-     "imagenet/r18_mbv2x1.2", "kdcl*"),
+     "imagenet/r18_mbv2x1.2", PAPER_VARIANT),
     ("CLNN (4 heads)", "imagenet/r18/clnn", "imagenet/r18", "clnn"),
     ("KDCL-MinLogit, peer ResNet-50", "imagenet/r50_r18/kdcl_minlogit", "imagenet/r50_r18",
      "kdcl_minlogit"),
@@ -102,8 +102,8 @@ def paper_value(paper: pd.DataFrame, setting: str, backbone: str, metric: str = 
 
 def _top1(block: str, mine: pd.DataFrame, baseline=None, paper=NAN) -> dict:
     """top-1 (Δ against `baseline`'s per-seed values unless None), and the best epoch's."""
-    return _cell(block, "top-1", seed_means(mine, "top1"), baseline, paper) | \
-        best_cell(block, mine)
+    return cells.cell(block, "top-1", seed_means(mine, "top1"), baseline, paper) | \
+        cells.best_cell(block, mine)
 
 
 def _params(block: str, runs: pd.DataFrame, paper: float) -> dict:
@@ -124,13 +124,13 @@ def _caption(what: str, baseline: str, table: str) -> str:
 
 
 def _table(name: str, rows: dict, pieces: list[tuple[tuple, pd.DataFrame]], names: list[str],
-           blocks: list[str], cells: list[str], caption: str, baseline: str) -> Table:
+           blocks: list[str], columns: list[str], caption: str, baseline: str) -> Table:
     """Rows in the order given; `pieces` tie each row to the records behind it (the trace)."""
     frames = [f.assign(row=[key] * len(f)) for key, f in pieces if not f.empty]
     part = pd.concat(frames, ignore_index=True) if frames else \
         pd.DataFrame(columns=["row", "config", "run_dir"])
-    frame, trace = _frame(rows, part, names, list(rows).index, blocks, cells)
-    return Table(name, SPECS[name][0], caption, frame, trace, baseline=baseline, headline=False)
+    data, trace = cells.frame(rows, part, names, list(rows).index, blocks, columns)
+    return Table(name, SPECS[name][0], caption, data, trace, baseline=baseline, headline=False)
 
 
 def table1(data: pd.DataFrame, paper: pd.DataFrame) -> Table:
@@ -173,7 +173,7 @@ def table3(data: pd.DataFrame, paper: pd.DataFrame) -> Table:
         top5 = paper_value(paper, setting, block, "top5", method)
         row = _top1(block, mine, None if first else base,
                     (top1, math.nan if first else paper_base))
-        row |= _cell(block, "top-5", seed_means(mine, "top5"), None, (top5, math.nan))
+        row |= cells.cell(block, "top-5", seed_means(mine, "top5"), None, (top5, math.nan))
         row |= _params(block, runs, paper_value(paper, setting, block, "params", method))
         rows[(label,)] = row
         pieces.append(((label,), mine))
@@ -236,13 +236,13 @@ def table5(data: pd.DataFrame, paper: pd.DataFrame) -> Table:
         block = f"{n} network" + ("s" if n > 1 else "")
         blocks.append(block)
         mine = _arch(_runs(data, config), arch)
-        method = "independent" if n == 1 else "kdcl*"
+        method = "independent" if n == 1 else PAPER_VARIANT
         ref = paper_value(paper, f"imagenet/r18x{n}", arch, method=method)
         rows[network] |= _top1(block, mine, None if n == 1 else base,
                                (ref, math.nan if n == 1 else paper_base))
         if n > 1:
             ens = mine[mine["metric"] == "ensemble_top1"].drop_duplicates("run_dir")
-            rows[ensemble] |= _cell(block, "top-1", seed_means(ens, "ensemble_top1"))
+            rows[ensemble] |= cells.cell(block, "top-1", seed_means(ens, "ensemble_top1"))
         pieces.append((network, mine))
     what = ("Columns: the number of ResNet-18s trained together with KDCL-MinLogit (one: "
             "alone); resnet18: per seed the mean top-1 over the run's networks; ensemble: the "
@@ -284,7 +284,7 @@ def table10(data: pd.DataFrame, paper: pd.DataFrame) -> Table:
             ref = (paper_value(paper, config, student),
                    math.nan if first else paper_value(paper, T10_ROWS[0][2], student))
             row |= _top1(student, _arch(mine, student), base, ref)
-            row |= _cell(student, "top-1 without Cutout",
+            row |= cells.cell(student, "top-1 without Cutout",
                          seed_means(_arch(without, student), "top1"), None,
                          (paper_value(paper, "cifar", student, method=method, icl=icl),
                           math.nan))

@@ -1,4 +1,4 @@
-"""Write a `tabulate.Table` as Markdown (read it), CSV (raw numbers, for analysis) and LaTeX
+"""Write a `cells.Table` as Markdown (read it), CSV (raw numbers, for analysis) and LaTeX
 (booktabs, for a paper)."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .tabulate import Table
+from .cells import Table
 
 DIGITS = 2
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from .cells import Table, has
 from .collect import REPO_ROOT, run_path
-from .tabulate import SMOKE_NOTE, Table, device, has
+from .tabulate import device
 
 
 def _hosts(runs: pd.DataFrame) -> list[str]:
@@ -94,10 +95,14 @@ def readme(data: pd.DataFrame, tables: list[Table], files: dict[str, list[Path]]
         lines.append(f"- {table.title}: {links}")
         if table.headline and (line := headline(table)):
             lines.append(f"  {line}" + (" Smoke preset: plumbing only, not science."
-                                        if SMOKE_NOTE in table.caption else ""))
+                                        if table.smoke else ""))
     if files.get("figures"):
-        lines += ["", "## Figures", ""]
-        lines += [f"- [{p.name}]({p.relative_to(out).as_posix()})" for p in files["figures"]]
+        lines += ["", "## Figures", "", "PNG to read, PDF for a paper (vector).", ""]
+        stems: dict[str, list[Path]] = {}
+        for path in sorted(files["figures"], key=lambda p: (p.stem, p.suffix != ".png")):
+            stems.setdefault(path.stem, []).append(path)
+        lines += [f"- {stem}: " + " ".join(f"[{p.suffix[1:]}]({p.relative_to(out).as_posix()})"
+                                          for p in paths) for stem, paths in stems.items()]
     if notes:
         lines += ["", "## Not built", ""] + [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"

@@ -28,7 +28,7 @@ def tiny_overrides(root: Path, out: Path, **extra) -> list[str]:
         "data.held_out_per_class": 2, "data.workers": 0,
         **{f"data.synthetic.{k}": v for k, v in TINY_DATA.items()},
         "optim.batch_size": 8, "optim.epochs": 2, "optim.warmup_epochs": 0,
-        "train.log_interval": 2, "output_root": out / "runs", "records": out / "records.jsonl",
+        "train.log_interval": 2, "output_root": out / "runs", "records": out / "records",
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
@@ -64,6 +64,15 @@ def make_backbone(folder: Path, arch: str, seed: int = 0, weights_seed: int | No
     return path
 
 
+def read_records(out: Path, stage: str | None = None) -> list[dict]:
+    """The records the runs of a test wrote under `out`/records (kdcl_common/records.py), in
+    the order of their files."""
+    from kdcl_common import records
+
+    return [r for _, r in records.scan([out / "records"])
+            if isinstance(r, dict) and (stage is None or r["stage"] == stage)]
+
+
 def tiny_transfer_overrides(root: Path, out: Path, **extra) -> list[str]:
     """A torchvision smoke config shrunk to seconds: 12 scenes of 64-96 px, one epoch."""
     values = {
@@ -72,7 +81,7 @@ def tiny_transfer_overrides(root: Path, out: Path, **extra) -> list[str]:
         "model.min_size": 64, "model.max_size": 96, "model.roi_batch_size_per_image": 32,
         "optim.batch_size": 2, "optim.epochs": 1, "optim.milestones": "[1]",
         "optim.warmup_epochs": 0.5, "train.log_interval": 2, "train.eval_batch_size": 3,
-        "output_root": out / "runs", "records": out / "records.jsonl",
+        "output_root": out / "runs", "records": out / "records",
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
@@ -81,7 +90,7 @@ def tiny_transfer_overrides(root: Path, out: Path, **extra) -> list[str]:
 def tiny_mmseg_overrides(root: Path, out: Path, iters: int = 4, **extra) -> list[str]:
     """An mmseg smoke config shrunk to seconds on the tiny scene set."""
     values = {"kdcl.synthetic": False, "kdcl.output_root": out / "runs",
-              "kdcl.records": out / "records.jsonl", "train_cfg.max_iters": iters,
+              "kdcl.records": out / "records", "train_cfg.max_iters": iters,
               "train_cfg.val_interval": iters, "param_scheduler.0.end": iters,
               "default_hooks.checkpoint.interval": 2, "train_dataloader.batch_size": 2}
     for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):

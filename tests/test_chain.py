@@ -10,8 +10,9 @@ import pytest
 
 from chain import __main__ as chain_main
 from chain import plan
+from pretrain import registry
 
-from .conftest import SMOKE, make_backbone, tiny_overrides, tiny_transfer_overrides
+from .conftest import SMOKE, make_backbone, read_records, tiny_overrides, tiny_transfer_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,7 +24,7 @@ def test_every_planned_config_and_backbone_exists(preset, monkeypatch, tmp_path)
 
     for var in plan.DATA_VARIABLES:
         monkeypatch.setenv(var, str(tmp_path / "placeholder"))
-    steps = plan.build(preset, [0], list(plan.BACKENDS), ROOT)
+    steps = plan.build(preset, [0], list(plan.backends.names()), ROOT)
     students = {}
     for step in steps:
         if step.stage == "pretrain":
@@ -45,12 +46,16 @@ def test_smoke_plan_covers_every_task_with_a_baseline():
     transfer = [s for s in steps if s.stage == "transfer"]
     assert len(transfer) == 6  # 2 backbones x (Faster R-CNN, Mask R-CNN, Semantic FPN)
     assert {s.backbone.parts[3] for s in transfer} == {"independent", "kdcl_minlogit"}
+    # the methods pretrain/registry.py marks smoke, the baseline first; with --all-methods every
+    # method, those with a teacher last (KD's is independent's export)
     methods = [Path(s.args[1]).stem for s in steps if s.stage == "pretrain"]
-    assert methods == ["independent", "clnn", "kdcl_general", "kdcl_minlogit", "one"]
+    assert methods[0] == registry.BASELINE
+    assert sorted(methods) == sorted(m.name for m in registry.METHODS if m.smoke)
     everything = plan.build("smoke", [0], [], ROOT, all_methods=True)
-    assert [Path(s.args[1]).stem for s in everything if s.stage == "pretrain"] == [
-        "independent", "clnn", "dml", "kdcl_general", "kdcl_linear", "kdcl_minlogit",
-        "kdcl_naive", "mean", "one", "kd"]  # KD last: its teacher is independent's export
+    everything = [Path(s.args[1]).stem for s in everything if s.stage == "pretrain"]
+    taught = [m.name for m in registry.METHODS if m.needs_teacher]
+    assert everything[0] == registry.BASELINE and sorted(everything[-len(taught):]) == taught
+    assert sorted(everything) == sorted(registry.NAMES)
     # Fig. 4's noise evaluation of KDCL-General's and the baseline's exports, before the tables
     assert [s.stage for s in steps[-2:]] == ["robustness", "results"]
     exports = [a for a in steps[-2].args if a.endswith(".pth")]
@@ -60,21 +65,21 @@ def test_smoke_plan_covers_every_task_with_a_baseline():
 
 @pytest.mark.parametrize("backend", ["torchvision", "mmseg"])
 def test_a_transfer_step_names_the_run_folder_its_backend_writes(backend, tmp_path, monkeypatch):
-    from transfer import lifecycle
-    from transfer.backends import BACKENDS
+    from transfer import backends, lifecycle
 
     monkeypatch.chdir(ROOT)  # the plan's paths are relative to the repository
     step = next(s for s in plan.build("smoke", [0], [backend], ROOT) if s.stage == "transfer")
-    assert step.run_dir() is None or step.backbone.is_file()  # not exported: no folder yet
+    planned = step.run_dir()  # known before the backbone is exported: it names the step's job
+    assert planned.parent.name == "smoke-independent-seed0-resnet18"
     backbone = make_backbone(tmp_path, "resnet18")
     meta = json.loads(backbone.with_suffix(".json").read_text())
     backbone.with_suffix(".json").write_text(json.dumps(
         {**meta, "config_name": "smoke/independent", "name": "resnet18"}))
     step = dataclasses.replace(step, backbone=backbone,
-                               args=(*step.args[:3], str(backbone)))
-    resolved = lifecycle.resolve(BACKENDS[backend].load()(), Path(step.config), [], backbone)
-    assert step.run_dir() == resolved.folder.path
-    assert step.run_dir().parent.name == "smoke-independent-seed0-resnet18"
+                               args=(*step.args[:3], str(backbone), *step.args[4:]))
+    resolved = lifecycle.resolve(backends.get(backend).load()(), Path(step.config), [],
+                                 backbone, step.seed)
+    assert step.run_dir() == resolved.folder.path == planned
 
 
 def test_only_selects_stages_backends_and_names():
@@ -119,16 +124,42 @@ def test_missing_dataset_variables_stop_the_chain_with_what_to_set(monkeypatch, 
     assert "--only" in err
 
 
-def test_launcher_uses_torchrun_for_several_processes(monkeypatch):
-    step = plan.build("smoke", [0], ["torchvision", "detectron2"], ROOT)
-    pretrain_step = step[0]
-    d2 = next(s for s in step if s.backend == "detectron2")
-    monkeypatch.setenv("NPROC_PER_NODE", "8")
-    monkeypatch.setenv("D2_LAUNCH_ARGS", "--num-machines 2")
-    assert chain_main.launcher(pretrain_step)[:3] == ["torchrun", "--nproc_per_node", "8"]
-    assert chain_main.launcher(d2)[-4:] == ["--num-gpus", "8", "--num-machines", "2"]
-    monkeypatch.delenv("NPROC_PER_NODE")
-    assert chain_main.launcher(pretrain_step)[1:3] == ["-m", "pretrain"]
+def test_launcher_uses_torchrun_for_several_processes():
+    from chain import launch
+
+    steps = plan.build("smoke", [0], ["torchvision", "detectron2"], ROOT)
+    pretrain_step = steps[0]
+    d2 = next(s for s in steps if s.backend == "detectron2")
+    local = launch.Topology.from_environment({"NPROC_PER_NODE": "8",
+                                              "D2_LAUNCH_ARGS": "--num-machines 2"})
+    shown = launch.shown(launch.command(pretrain_step, "todo", local))
+    assert shown.startswith("torchrun --standalone --nproc_per_node 8 -m pretrain ")
+    assert shown.endswith(" --resume")
+    assert launch.command(d2, "stale", local)[-5:] == ["--restart", "--num-gpus", "8",
+                                                       "--num-machines", "2"]
+    single = launch.Topology.from_environment({})
+    assert launch.shown(launch.command(pretrain_step, "todo", single)).startswith(
+        "python -m pretrain pretrain/configs/smoke/independent.yaml seed=0")
+
+
+def test_slurm_topology_takes_ranks_from_slurm_and_the_port_from_the_job_id():
+    """Two jobs of one user on one node meet at different ports (torchrun's, mmengine's and
+    Detectron2's defaults would collide); every node of a job uses the same one."""
+    from chain import launch
+
+    steps = plan.build("smoke", [0], ["torchvision", "detectron2"], ROOT)
+    env = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NUM_NODES": "2", "SLURM_NODEID": "1",
+           "SLURM_JOB_NODELIST": "gpu07,gpu08"}
+    topology = launch.Topology.from_slurm(4, env)
+    assert (topology.nodes, topology.node_rank, topology.master) == (2, 1, "gpu07")
+    assert topology.port == launch.port_for_job(4242) != launch.port_for_job(4243)
+    shown = launch.shown(launch.command(steps[0], "todo", topology))
+    assert shown.startswith(f"torchrun --nnodes 2 --node_rank 1 --master_addr gpu07 "
+                            f"--master_port {topology.port} --nproc_per_node 4 -m pretrain")
+    d2 = next(s for s in steps if s.backend == "detectron2")
+    assert launch.command(d2, "todo", topology)[-8:] == [
+        "--num-gpus", "4", "--num-machines", "2", "--machine-rank", "1", "--dist-url",
+        f"tcp://gpu07:{topology.port}"]
 
 
 TV = ROOT / "transfer" / "configs" / "torchvision"
@@ -158,8 +189,7 @@ def test_a_transfer_step_reruns_when_pretraining_replaced_its_weights(tmp_path, 
         return capsys.readouterr().out
 
     def transfer_records():
-        return [r for r in map(json.loads, (tmp_path / "records.jsonl").read_text().splitlines())
-                if r["stage"] == "transfer"]
+        return read_records(tmp_path, "transfer")
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = chain(0.02)
@@ -174,9 +204,9 @@ def test_a_transfer_step_reruns_when_pretraining_replaced_its_weights(tmp_path, 
     out = chain(0.05)
     assert "1/2 pretrain tiny: stale (its config changed: optim.lr: 0.02 -> 0.05)" in out
     assert "2/2 transfer tiny: stale (made from other weights: backbone" in out
-    records = transfer_records()
-    assert len(records) == 2 and records[1]["backbone_sha256"] != first["backbone_sha256"]
-    assert records[1]["run_dir"] == first["run_dir"]
+    (record,) = transfer_records()  # the run's record file now holds the new run's record
+    assert record["backbone_sha256"] != first["backbone_sha256"]
+    assert record["run_dir"] == first["run_dir"]
     run_dir = Path(first["run_dir"])
     (archived,) = run_dir.parent.glob("seed0.superseded-*")
     assert json.loads((archived / "result.json").read_text())["backbone_sha256"] == \

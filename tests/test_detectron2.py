@@ -2,7 +2,6 @@
 Detectron2's config system, fidelity and training need Detectron2, which is not on PyPI, and are
 skipped with that reason where it is not installed."""
 import importlib.util
-import json
 import math
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import yaml
 from kdcl_common import KdclError, models
 from transfer import cli, convert
 
-from .conftest import REPO, TINY_COCO, make_backbone
+from .conftest import REPO, TINY_COCO, make_backbone, read_records
 
 D2_CONFIGS = REPO / "transfer" / "configs" / "detectron2"
 EXPERIMENTS = sorted(p for p in D2_CONFIGS.glob("*.yaml") if not p.name.startswith("_"))
@@ -72,8 +71,11 @@ def test_paper_protocol_is_the_papers():
 
 
 def test_cli_routes_detectron2_yaml_to_detectron2():
-    assert cli.backend_of(EXPERIMENTS[0]).name == "detectron2"
-    assert cli.backend_of(REPO / "transfer/configs/torchvision/smoke_faster_rcnn_fpn.yaml").name == "torchvision"
+    from transfer import backends
+
+    assert backends.of_config(EXPERIMENTS[0]).name == "detectron2"
+    assert backends.of_config(
+        REPO / "transfer/configs/torchvision/smoke_faster_rcnn_fpn.yaml").name == "torchvision"
 
 
 def test_missing_detectron2_says_how_to_install(tmp_path, monkeypatch, capsys):
@@ -154,9 +156,9 @@ def test_detectron2_trains_a_few_iterations_and_writes_a_record(tmp_path, tiny_c
             f"KDCL.DATA_ROOT={tiny_coco}", "KDCL.SYNTHETIC=False", "SOLVER.MAX_ITER=3",
             "SOLVER.STEPS=(2,)", "SOLVER.WARMUP_ITERS=1", "SOLVER.IMS_PER_BATCH=2",
             "INPUT.MIN_SIZE_TRAIN=(64,)", "INPUT.MIN_SIZE_TEST=64", "DATALOADER.NUM_WORKERS=0",
-            f"KDCL.OUTPUT_ROOT={tmp_path / 'runs'}", f"KDCL.RECORDS={tmp_path / 'records.jsonl'}"]
+            f"KDCL.OUTPUT_ROOT={tmp_path / 'runs'}", f"KDCL.RECORDS={tmp_path / 'records'}"]
     assert cli.main(argv) == 0
-    (record,) = [json.loads(l) for l in (tmp_path / "records.jsonl").read_text().splitlines()]
+    (record,) = read_records(tmp_path)
     assert record["backend"] == "detectron2" and record["task"] == "instance_segmentation"
     assert set(record["metrics"]) >= {"bbox_AP", "segm_AP", "segm_AP50"}
     run_dir = Path(record["run_dir"])

@@ -17,7 +17,7 @@ from kdcl_common import artifact
 from transfer import cli, convert
 from transfer.backends.mmseg import launcher
 
-from .conftest import REPO, make_backbone, torchrun, tiny_mmseg_overrides
+from .conftest import REPO, make_backbone, torchrun, tiny_mmseg_overrides, read_records
 
 MMSEG = REPO / "transfer" / "configs" / "mmseg"
 EXPERIMENTS = sorted(MMSEG.glob("*.py"))
@@ -102,7 +102,8 @@ def test_unknown_override_names_the_nearest_key():
 def test_a_config_file_that_is_no_config_is_refused(tmp_path, capsys, text, message):
     path = tmp_path / "bad.py"
     path.write_bytes(text)
-    assert cli.main([str(path), "--backbone", str(make_backbone(tmp_path, "resnet18"))]) == 2
+    assert cli.main([str(path), "--backend", "mmseg", "--backbone",
+                     str(make_backbone(tmp_path, "resnet18"))]) == 2
     err = capsys.readouterr().err
     assert err == f"error: {message.format(path=path)}\n"
 
@@ -133,7 +134,7 @@ def backbones(tmp_path_factory):
 def test_trains_evaluates_and_records_miou(tmp_path, tiny_coco, backbones, config, backbone):
     with pytest.warns(UserWarning, match="SyncBN has no effect on the CPU"):
         assert run(config, backbones[backbone], tiny_coco, tmp_path) == 0
-    (record,) = [json.loads(l) for l in (tmp_path / "records.jsonl").read_text().splitlines()]
+    (record,) = read_records(tmp_path)
     assert record["task"] == "semantic_segmentation" and record["backend"] == "mmseg"
     assert record["backbone"] == backbone and record["classes"] == 7
     assert set(record["metrics"]) == {"mIoU", "mAcc", "aAcc"}
@@ -341,7 +342,7 @@ def test_a_nan_loss_stops_the_run_without_a_record(tmp_path, tiny_coco, backbone
     err = capsys.readouterr().err
     assert "the segmentation loss became NaN/inf at iteration" in err
     assert "run the same command with the new value and --restart" in err
-    assert not (tmp_path / "records.jsonl").exists()
+    assert not (tmp_path / "records").exists()
     (run_dir,) = (tmp_path / "runs").rglob("seed0")
     assert not (run_dir / "result.json").exists()
     assert json.loads((run_dir / "run.json").read_text())["stopped"]["reason"] == "non-finite loss"
@@ -352,6 +353,6 @@ def test_a_nan_loss_stops_the_run_without_a_record(tmp_path, tiny_coco, backbone
 def test_two_ranks_with_torchrun(tmp_path, tiny_coco, backbones):
     torchrun(2, "transfer", MMSEG / "sem-fpn_r18_smoke.py", "--backbone", backbones["resnet18"],
              *tiny_mmseg_overrides(tiny_coco, tmp_path))
-    (record,) = [json.loads(l) for l in (tmp_path / "records.jsonl").read_text().splitlines()]
+    (record,) = read_records(tmp_path)
     assert record["world_size"] == 2 and record["metrics"]["mIoU"] is not None
     assert not (REPO / ".dist_test").exists()  # mmengine's default place to gather results

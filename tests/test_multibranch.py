@@ -1,8 +1,7 @@
-"""ONE and CLNN (multi-branch methods) against hand computation, their exports, and the method
-registry that adding a method goes through."""
+"""ONE and CLNN (multi-branch methods) against hand computation and their authors' code (ONE's
+ramp-up), their networks and their exports."""
 import json
-import subprocess
-import sys
+import math
 
 import pytest
 import torch
@@ -11,16 +10,16 @@ import torchvision
 
 from kdcl_common import ConfigError, artifact, models
 from kdcl_common.io import load_tensors
-from pretrain import cli, config, methods, registry
+from pretrain import cli, config, methods
 from pretrain.clnn import CLNN
 from pretrain.config import MethodConfig
 from pretrain.export import best_epoch
 from pretrain.losses import collaborative_loss
 from pretrain.methods import Outputs
 from pretrain.multibranch import MultiBranchNet, scale_grad
-from pretrain.one import ONE
+from pretrain.one import ONE, rampup_weight
 
-from .conftest import REPO, SMOKE, tiny_overrides
+from .conftest import REPO, SMOKE, tiny_overrides, read_records
 
 CPU = torch.device("cpu")
 
@@ -56,7 +55,7 @@ def test_one_loss_and_its_gradients_by_hand():
     z, labels = problem()
     z_e = torch.randn(6, 5, generator=torch.Generator().manual_seed(1))
     T = 3.0
-    one = ONE(MethodConfig(name="one", temperature=T), 3, CPU)
+    one = ONE(MethodConfig(name="one", temperature=T, rampup_epochs=0), 3, CPU)
     live, live_e = z.clone().requires_grad_(), z_e.clone().requires_grad_()
     outputs = Outputs(live, live_e)
     assert one.targets(live.detach(), labels, []) is None  # all of ONE's terms keep the graph
@@ -74,10 +73,69 @@ def test_one_loss_and_its_gradients_by_hand():
     torch.testing.assert_close(live_e.grad, ref_e.grad)
 
 
+def test_one_rampup_is_the_official_sigmoid_rampup():
+    """utils/ramps.py of ONE's code: exp(-5 (1 - e/R)^2) with e clipped to [0, R], 1 for R = 0;
+    with the official R = 80: 0.007 in epoch 0, 0.29 in epoch 40, 1 from epoch 80 on."""
+    for e in (0, 1, 13, 40, 79, 80, 81, 299):
+        phase = 1 - min(e, 80) / 80
+        assert rampup_weight(e, 80) == pytest.approx(math.exp(-5 * phase ** 2), rel=1e-12)
+    assert round(rampup_weight(0, 80), 4) == 0.0067 and round(rampup_weight(40, 80), 4) == 0.2865
+    assert rampup_weight(80, 80) == rampup_weight(300, 80) == 1.0
+    assert rampup_weight(0, 0) == rampup_weight(7, 0) == 1.0
+    weights = [rampup_weight(e, 53.3) for e in range(60)]
+    assert weights == sorted(weights) and weights[-1] == 1.0
+
+
+def test_one_weights_the_kl_terms_by_the_rampup_of_the_epoch():
+    z, labels = problem()
+    z_e = torch.randn(6, 5, generator=torch.Generator().manual_seed(1))
+    T = 3.0
+    one = ONE(MethodConfig(name="one", temperature=T, rampup_epochs=80), 3, CPU)
+    assert one.rampup == rampup_weight(0, 80)  # before any epoch (e.g. the benchmark's steps)
+    ce = sum(F.cross_entropy(z[i], labels) for i in range(3)) + F.cross_entropy(z_e, labels)
+    kls = torch.stack([kl(z_e, z[i], T) for i in range(3)])
+    for epoch in (0, 40, 80, 120):
+        one.start_of_epoch(epoch)
+        terms = one.graph_loss(collaborative_loss(z, labels, None, T, 1.0), Outputs(z, z_e),
+                               labels)
+        torch.testing.assert_close(terms.total, ce + rampup_weight(epoch, 80) * kls.sum())
+        torch.testing.assert_close(terms.kd, kls)  # recorded unweighted (as every method's)
+
+
+def test_one_rampup_defaults_to_the_authors_fraction_of_the_run(monkeypatch, tmp_path):
+    for var in ("IMAGENET_ROOT", "CIFAR100_ROOT"):
+        monkeypatch.setenv(var, str(tmp_path))
+    root = REPO / "pretrain" / "configs"
+    for name, epochs in (("smoke/one", 4), ("cifar/one", 200), ("imagenet/r18/one", 200)):
+        cfg = config.load(root / f"{name}.yaml")
+        assert cfg.optim.epochs == epochs
+        assert cfg.method.rampup_epochs == pytest.approx(80 / 300 * epochs)
+    assert config.load(root / "cifar/one.yaml", ["optim.epochs=300"]).method.rampup_epochs == 80
+    assert config.load(SMOKE / "one.yaml", ["method.rampup_epochs=0"]).method.rampup_epochs == 0
+    with pytest.raises(ConfigError, match=r"method.rampup_epochs=-1.0 must be >= 0 \(epochs; 0: "
+                                          r"no ramp-up, null: 0.2667 x optim.epochs"):
+        config.load(SMOKE / "one.yaml", ["method.rampup_epochs=-1"])
+
+
+def test_the_engine_sets_the_rampup_before_each_epoch(monkeypatch, tmp_path, tiny_root):
+    seen = []
+    start = ONE.start_of_epoch
+
+    def spy(self, epoch):
+        start(self, epoch)
+        seen.append((epoch, self.rampup))
+
+    monkeypatch.setattr(ONE, "start_of_epoch", spy)
+    argv = [str(SMOKE / "one.yaml"), *tiny_overrides(tiny_root, tmp_path), "optim.epochs=2",
+            "students.0.arch=cifar_resnet20", "method.splits=[]", "method.rampup_epochs=4"]
+    assert cli.main(argv) == 0
+    assert seen == [(0, rampup_weight(0, 4)), (1, rampup_weight(1, 4))]
+
+
 def test_one_reports_the_gated_ensemble():
     z, _ = problem()
     z_e = torch.randn(6, 5)
-    one = ONE(MethodConfig(name="one"), 3, CPU)
+    one = ONE(MethodConfig(name="one", rampup_epochs=0), 3, CPU)
     torch.testing.assert_close(one.ensemble_probs(Outputs(z, z_e), z.softmax(-1)),
                                z_e.softmax(-1))
 
@@ -152,6 +210,11 @@ def test_parameter_counts_are_table_3s():
     assert count(one) == 29_503_745 and round(count(one) / 1e6, 2) == 29.50
     assert count(one.gate) == 256 * 3 + 3 + 2 * 3  # FC(256 -> 3) + BN(3)
     assert count(clnn) == 40_509_408 and round(count(clnn) / 1e6, 2) == 40.51
+    # Table 3's 40.5M is the binary tree's alone: one split into 4 heads has another count
+    with torch.device("meta"):
+        at_layer4 = MultiBranchNet("resnet18", {"num_classes": 1000}, [("layer4", 4)])
+        at_layer3 = MultiBranchNet("resnet18", {"num_classes": 1000}, [("layer3", 4)])
+    assert round(count(at_layer4) / 1e6, 2) == 38.41 and round(count(at_layer3) / 1e6, 2) == 44.71
     assert round(count(r18) / 1e6, 2) == 11.69 and round((count(r18) + count(r50)) / 1e6, 2) == 37.25
 
 
@@ -209,8 +272,6 @@ def test_icl_is_refused_for_the_multi_branch_methods(capsys):
         config.load(SMOKE / "one.yaml", ["students=[{arch: resnet18}, {arch: resnet18}]"])
     with pytest.raises(ConfigError, match="method.splits.0.stage='layer5'.*layer1, layer2"):
         config.load(SMOKE / "one.yaml", ["method.splits=[{stage: layer5, fan_out: 2}]"])
-    with pytest.raises(ConfigError, match="method.splits is only used by"):
-        config.load(SMOKE / "kdcl_minlogit.yaml", ["method.splits=[{stage: layer4, fan_out: 2}]"])
 
 
 @pytest.mark.parametrize("name,branches,parameters", [
@@ -225,7 +286,7 @@ def test_smoke_config_trains_and_records_every_branch(tmp_path, tiny_root, name,
     argv = [str(SMOKE / f"{name}.yaml"), *tiny_overrides(tiny_root, tmp_path),
             "optim.epochs=1", "students.0.arch=cifar_resnet32", "method.splits=[]"]
     assert cli.main(argv) == 0
-    records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
+    records = read_records(tmp_path)
     assert [r["student"] for r in records] == branches
     head = records[0]
     assert [r["exported"] for r in records] == [True] + [False] * (len(branches) - 1)
@@ -262,9 +323,9 @@ def test_the_cifar_and_imagenet_configs_run(tmp_path, tiny_root, config_name):
                 "data.held_out_per_class=2", "optim.batch_size=8", "optim.warmup_epochs=0"]
     argv = [str(REPO / "pretrain" / "configs" / f"{config_name}.yaml"), *data, "data.workers=0",
             "optim.epochs=1", "optim.lr=0.01", f"output_root={tmp_path / 'runs'}",
-            f"records={tmp_path / 'records.jsonl'}"]
+            f"records={tmp_path / 'records'}"]
     assert cli.main(argv) == 0
-    records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
+    records = read_records(tmp_path)
     assert len(records) == (3 if config_name.endswith("one") else 4)
     preset = {"cifar": "cifar", "imagenet": "paper"}[config_name.split("/")[0]]
     assert records[0]["exported"] and records[0]["preset"] == preset
@@ -273,50 +334,3 @@ def test_the_cifar_and_imagenet_configs_run(tmp_path, tiny_root, config_name):
 def test_best_epoch_is_the_first_epoch_with_the_best_top1():
     history = [{"epoch": e, "val/a/top1": v} for e, v in zip((1, 2, 3, 4), (10, 30, 30, 20))]
     assert best_epoch(history, "a") == (30, 2)
-
-
-# ------------------------------------------------------------------------------ registry
-def test_every_registered_method_imports_and_is_a_method():
-    for entry in registry.METHODS:
-        cls = methods.method_class(entry.name)
-        assert issubclass(cls, methods.Method), entry.name
-        assert registry.of_config(entry.name) is entry
-    assert registry.of_config("kdcl_general_icl").name == "kdcl_general"
-    assert registry.of_config("kd_wrn_16_2_to_resnet32").name == "kd"
-    assert registry.kdcl_variants() == ("kdcl_naive", "kdcl_linear", "kdcl_minlogit",
-                                        "kdcl_general")
-
-
-def test_the_registry_is_read_without_torch():
-    code = ("import sys, pretrain.registry, chain.plan, results.tabulate; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
-    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
-
-
-class Halved(methods.Method):
-    """A method defined outside the package: the students distil from half their mean logit."""
-
-    def __init__(self, cfg, num_students, device, env=None, factor: float = 1.0):
-        super().__init__(cfg, num_students, device, env)
-        self.factor = factor
-
-    def targets(self, logits, labels, inputs):
-        z_t = self.factor * logits.mean(0)
-        return methods.Targets((z_t / self.temperature).log_softmax(-1)[None],
-                               torch.ones(self.num_students, 1))
-
-
-def test_a_new_method_is_one_class_and_one_registry_entry(monkeypatch):
-    entry = registry.Entry("halved", f"{__name__}:Halved", "Halved", min_students=2,
-                           params={"factor": 0.5})
-    monkeypatch.setattr(registry, "METHODS", (*registry.METHODS, entry))
-    monkeypatch.setattr(registry, "NAMES", (*registry.NAMES, "halved"))
-    cfg = config.load(SMOKE / "kdcl_minlogit.yaml", ["method.name=halved"])
-    with pytest.raises(ConfigError, match="halved trains students together: list at least 2"):
-        config.load(SMOKE / "kdcl_minlogit.yaml", ["method.name=halved",
-                                                   "students=[{arch: resnet18}]"])
-    method = methods.build(cfg.method, 2, CPU, 5, (0.5,) * 3, (0.25,) * 3, None)
-    assert isinstance(method, Halved) and method.factor == 0.5 and method.entry is entry
-    z, labels = problem(H=2)
-    terms = collaborative_loss(z, labels, method.targets(z, labels, []), 2.0, 1.0)
-    torch.testing.assert_close(terms.kd[0], kl(0.5 * z.mean(0), z[0], 2.0))

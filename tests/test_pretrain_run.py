@@ -12,16 +12,12 @@ import torchvision
 
 from pretrain import cli, engine
 
-from .conftest import REPO, SMOKE, tiny_overrides
+from .conftest import REPO, SMOKE, read_records, tiny_overrides
 
 
 def run_cli(config_name, root, out, *extra, resume=False):
     argv = [str(SMOKE / f"{config_name}.yaml"), *tiny_overrides(root, out), *extra]
     return cli.main(argv + (["--resume"] if resume else []))
-
-
-def read_records(out):
-    return [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +123,7 @@ def test_cifar100_pickles_end_to_end(tmp_path):
     argv = [str(SMOKE.parent / "cifar" / "kdcl_minlogit_icl.yaml"),
             f"data.root={tmp_path}", "data.held_out_per_class=1", "data.workers=0",
             "students.0.arch=cifar_resnet20", "optim.batch_size=100", "optim.epochs=1",
-            f"output_root={tmp_path / 'runs'}", f"records={tmp_path / 'records.jsonl'}"]
+            f"output_root={tmp_path / 'runs'}", f"records={tmp_path / 'records'}"]
     assert cli.main(argv) == 0
     records = read_records(tmp_path)
     assert [r["backbone"] for r in records] == ["cifar_resnet20", "wrn_16_2"]

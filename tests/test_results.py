@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 import scipy.stats
 
-from results import build, collect, layouts, render, robustness, stats, tabulate
+from results import build, cells, collect, fig4, layouts, render, stats, tabulate
 from results.__main__ import main
 
 GROUP = "cifar_resnet32+wrn_16_2"
-PAPER_ONLY = tabulate.PAPER_ONLY
+PAPER_ONLY = cells.PAPER_ONLY
 
 
 def pretrain(method, student, seed, top1, *, setting="cifar", preset="cifar", icl=False,
@@ -71,7 +71,7 @@ def write_jsonl(path, items):
 
 
 def build_tables(items):
-    return {t.name: t for t in tabulate.build(collect.frame(items), tabulate.load_paper())}
+    return {t.name: t for t in build.tables(collect.frame(items), tabulate.load_paper())}
 
 
 def test_pretrain_cells_mean_std_delta_and_paper():
@@ -134,6 +134,30 @@ def test_transfer_delta_against_independent_backbone_and_paper_table_8():
     cost = built["cost"].data
     assert set(cost["gpus"]) == {8} and cost["gpu_hours"].sum() == pytest.approx(32.0)
     assert tabulate.device(["x86_64"], 2) == (0, "CPU (x86_64)")
+
+
+def test_transfer_cells_pool_fine_tuning_seeds_within_each_backbone():
+    """Two pre-training seeds x three fine-tuning seeds: n counts backbones (each the mean of its
+    fine-tunings); one pre-training seed: n counts its fine-tunings. The caption says which."""
+    def ft(method, pre, seed, ap):
+        return {**transfer(method, seed, ap), "pretrain_seed": pre,
+                "run_dir": f"runs/transfer/{method}-pre{pre}/seed{seed}"}
+
+    items = [ft("independent", p, s, 30.0 + p + 0.1 * s) for p in (0, 1) for s in (0, 1, 2)]
+    items += [ft("kdcl_minlogit", p, s, 31.0 + p + 0.1 * s) for p in (0, 1) for s in (0, 1, 2)]
+    table = build_tables(items)["transfer_paper_paper14ep_syncbn"]
+    row = table.data.xs("kdcl_minlogit", level="method").iloc[0]
+    block = "torchvision faster_rcnn"
+    assert row[(block, "box AP", "n")] == 2  # backbones, not the 6 fine-tunings
+    assert row[(block, "box AP", "mean")] == pytest.approx(31.6)
+    assert row[(block, "box AP", "std")] == pytest.approx(math.sqrt(0.5))
+    assert row[(block, "box AP", "delta")] == pytest.approx(1.0)
+    assert "Seeds: pre-training 0, 1, fine-tuning 0, 1, 2. n counts pre-training seeds" \
+        in table.caption
+    one = build_tables([i for i in items if i["pretrain_seed"] == 0])[
+        "transfer_paper_paper14ep_syncbn"]
+    row = one.data.xs("kdcl_minlogit", level="method").iloc[0]
+    assert row[(block, "box AP", "n")] == 3 and "fine-tuning noise only" in one.caption
 
 
 def test_a_config_changed_between_seeds_is_reported():
@@ -251,8 +275,8 @@ def test_records_path_that_does_not_exist_is_an_error(tmp_path, capsys):
     assert main(["--records", str(tmp_path), str(missing), "--out", str(out)]) == 2
     printed = capsys.readouterr()
     assert printed.out == "" and "Traceback" not in printed.err
-    assert (f"--records {missing} does not exist: give a JSONL file of result records or a "
-            "folder of *.jsonl files") in printed.err
+    assert (f"--records {missing} does not exist: give a records folder (e.g. results/records) "
+            "or a record file") in printed.err
     assert not out.exists()
 
 
@@ -391,11 +415,11 @@ def test_best_epoch_column_beside_the_final_epoch_and_dash_for_older_records():
     table = build_tables(items)["pretrain_cifar"]
     cell = table.data.loc[("kdcl_general", True), "cifar_resnet32"]
     assert cell[("top-1", "mean")] == pytest.approx(75.0)  # the final epoch's, all 3 seeds
-    assert cell[(tabulate.BEST, "mean")] == pytest.approx(75.0)  # (74.6 + 75.4) / 2
-    assert cell[(tabulate.BEST, "n")] == 2
-    assert (cell[(tabulate.BEST, "epoch_min")], cell[(tabulate.BEST, "epoch_max")]) == (180, 195)
+    assert cell[(cells.BEST, "mean")] == pytest.approx(75.0)  # (74.6 + 75.4) / 2
+    assert cell[(cells.BEST, "n")] == 2
+    assert (cell[(cells.BEST, "epoch_min")], cell[(cells.BEST, "epoch_max")]) == (180, 195)
     assert pd.isna(table.data.loc[("independent", False),
-                                     ("cifar_resnet32", tabulate.BEST, "mean")])
+                                     ("cifar_resnet32", cells.BEST, "mean")])
     md = render.markdown(table)
     best = "cifar_resnet32 best-epoch top-1"
     assert row_cells(md, "kdcl_general", "yes")[best] == "75.00 ± 0.57 (n=2) (epochs 180–195)"
@@ -473,14 +497,14 @@ def test_table_1_teacher_quality_in_the_paper_layout():
     base = data.loc[("none (hard labels)",)]
     assert base[("student", "top-1", "mean")] == pytest.approx(70.5)
     assert base[("student", "top-1", "paper")] == pytest.approx(70.1)
-    assert base[("student", tabulate.BEST, "mean")] == pytest.approx(71.0)
+    assert base[("student", cells.BEST, "mean")] == pytest.approx(71.0)
     r50 = data.loc[("resnet50",)]
     assert r50[("teacher", "top-1", "mean")] == pytest.approx(76.5)
     assert r50[("teacher", "top-1", "paper")] == pytest.approx(76.5)
     assert r50[("student", "top-1", "delta")] == pytest.approx(1.5)  # 72.0 - 70.5
     assert r50[("student", "top-1", "paper")] == pytest.approx(71.2)
     assert r50[("student", "top-1", "paper_delta")] == pytest.approx(71.2 - 70.1)
-    assert pd.isna(r50[("student", tabulate.BEST, "mean")])  # not recorded: –
+    assert pd.isna(r50[("student", cells.BEST, "mean")])  # not recorded: –
     r101 = data.loc[("resnet101",)]  # not run: the paper's numbers alone
     assert pd.isna(r101[("teacher", "top-1", "mean")])
     assert r101[("teacher", "top-1", "paper")] == pytest.approx(77.9)
@@ -678,7 +702,7 @@ def fig4_records():
 
 
 def test_fig4_gaps_against_hand_computation():
-    spread = robustness.summary(robustness.gaps(frame_of(fig4_records())))
+    spread = fig4.summary(fig4.gaps(frame_of(fig4_records())))
     at = spread.set_index(["icl", "against", "delta"])
     # independent - KDCL-General + ICL at 0.1, per seed: 1.0, 1.1, 1.8
     row = at.loc[(True, "independent", 0.1)]
@@ -713,8 +737,8 @@ def test_fig4_table_figure_and_readme(tmp_path):
 
 def test_fig4_missing_records_are_a_note_not_a_crash(tmp_path, capsys):
     # no robustness records at all
-    assert robustness.tables(frame_of(cifar_records())) == []
-    assert robustness.notes(frame_of(cifar_records()))[0].startswith(
+    assert fig4.tables(frame_of(cifar_records())) == []
+    assert fig4.notes(frame_of(cifar_records()))[0].startswith(
         "Fig. 4 (robustness to noise): not drawn, no records of stage robustness")
     # KDCL-General only: nothing to compare; independent only for a gap; a record without delta
     items = [noise("kdcl_general", 0, 0.0, 1.0, icl=True),
@@ -730,7 +754,7 @@ def test_fig4_missing_records_are_a_note_not_a_crash(tmp_path, capsys):
     assert not list((out / "figures").glob("fig4_*"))
     assert "## Not built" in (out / "README.md").read_text()
     items = [noise("kdcl_general", 0, 0.0, 1.0), noise("independent", 0, 0.0, 1.5)]
-    assert robustness.notes(frame_of(items)) == [
+    assert fig4.notes(frame_of(items)) == [
         "Fig. 4 for cifar (cifar preset): no gap against dml (no records of the same seeds)"]
 
 
@@ -770,7 +794,7 @@ def test_records_without_the_new_fields_still_tabulate():
     one = table.data.loc[("ONE (3 branches)",)]
     assert one[("resnet18", "top-1", "mean")] == pytest.approx(72.0)
     assert pd.isna(one[("resnet18", "params (M)", "mean")])
-    assert pd.isna(one[("resnet18", tabulate.BEST, "mean")])
+    assert pd.isna(one[("resnet18", cells.BEST, "mean")])
     assert "–" in render.markdown(table)
     built = build_tables(items)
     assert "pretrain_paper_imagenet_r18" in built and "cost" in built

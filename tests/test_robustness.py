@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kdcl_common import artifact, models
+from kdcl_common import artifact, models, records
 from kdcl_common.config import config_hash, to_dict
 from kdcl_common.distributed import DistContext
 from kdcl_common.io import sha256_file
@@ -177,15 +177,17 @@ def test_delta_zero_is_the_plain_evaluation(tmp_path, tiny_root):
     assert top1[0, 0] == pytest.approx([100 * hits / count] * 2)
 
 
-def lines(path):
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+def lines(folder):
+    """The robustness records under a records folder, by export and delta."""
+    return sorted((r for _, r in records.scan([folder]) if r.get("stage") == "robustness"),
+                  key=lambda r: (r["backbone_path"], r["delta"]))
 
 
 def test_the_command_writes_one_record_per_delta_once(tmp_path, tiny_root, capsys):
     from results import collect
 
     path, _ = make_export(tmp_path / "run", tiny_root)
-    out = tmp_path / "records" / "robustness.jsonl"
+    out = tmp_path / "records"
     argv = [str(path), "--deltas", "0", "0.05", "--draws", "2", "--records", str(out),
             "--device", "cpu", "--workers", "0", "--batch-size", "7"]
     assert robustness.main(argv) == 0
@@ -210,7 +212,7 @@ def test_the_command_writes_one_record_per_delta_once(tmp_path, tiny_root, capsy
     assert robustness.main([*argv[:1], "--deltas", "0", "0.05", "0.1", *argv[4:]]) == 0
     assert [r["delta"] for r in lines(out)] == [0.0, 0.05, 0.1]
     # The same noise for any batch size: another batch size reproduces the records.
-    again = tmp_path / "again.jsonl"
+    again = tmp_path / "again"
     assert robustness.main([*argv[:6], "--records", str(again), "--device", "cpu",
                             "--workers", "0", "--batch-size", "16"]) == 0
     for a, b in zip(lines(again), written):
@@ -218,7 +220,7 @@ def test_the_command_writes_one_record_per_delta_once(tmp_path, tiny_root, capsy
 
 
 def test_bad_inputs_are_refused_before_anything_is_written(tmp_path, tiny_root, capsys):
-    out = tmp_path / "records.jsonl"
+    out = tmp_path / "records"
     good, _ = make_export(tmp_path / "run", tiny_root)
     plain = make_backbone(tmp_path / "plain", "cifar_resnet20")  # no run config in its metadata
     elsewhere, _ = make_export(tmp_path / "moved", tmp_path / "no-such-data", seed=1)

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from kdcl_common.io import append_jsonl, atomic_write_text
+from kdcl_common.io import atomic_write_text
 from kdcl_common.schedule import OptimConfig, learning_rate
 
 
@@ -39,11 +39,3 @@ def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path, monkeypatch)
         atomic_write_text(target, "new")
     assert target.read_text() == "old"
     assert list(tmp_path.iterdir()) == [target]  # no temporary file left behind
-
-
-def test_append_jsonl_writes_whole_lines(tmp_path):
-    path = tmp_path / "records.jsonl"
-    for i in range(3):
-        append_jsonl(path, {"i": i, "text": "x" * 1000})
-    lines = path.read_text().splitlines()
-    assert len(lines) == 3 and all(line.endswith("}") for line in lines)

@@ -132,12 +132,12 @@ def backbone_commands(tmp_path, tiny_root, backbone):
         "transfer": lambda: transfer_cli.main(
             [str(REPO / "transfer/configs/torchvision/smoke_faster_rcnn_fpn.yaml"),
              "--backbone", str(backbone), f"output_root={tmp_path / 'runs'}",
-             f"data.root={tmp_path / 'scenes'}"]),
+             f"records={tmp_path / 'records'}", f"data.root={tmp_path / 'scenes'}"]),
         "kd": lambda: pretrain_cli.main(
             [str(SMOKE / "independent.yaml"), *tiny_overrides(tiny_root, tmp_path),
              "method.name=kd", f"method.teacher={backbone}"]),
         "robustness": lambda: robustness.main(
-            [str(backbone), "--records", str(tmp_path / "records.jsonl"), "--device", "cpu"]),
+            [str(backbone), "--records", str(tmp_path / "records"), "--device", "cpu"]),
     }
 
 
@@ -156,7 +156,7 @@ def test_a_backbone_json_that_is_not_an_object_is_named(tmp_path, tiny_root, cap
         f"error: backbone metadata {backbone.with_suffix('.json')} holds an array ([1, 2]), not "
         f"a JSON object ({{\"format\": \"kdcl-bench/backbone-v1\", \"architecture\": ...}}): "
         f"{AGAIN}\n")
-    assert not (tmp_path / "runs").exists() and not (tmp_path / "records.jsonl").exists()
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "records").exists()
 
 
 @pytest.mark.parametrize("command", ["transfer", "kd", "robustness"])
@@ -173,4 +173,4 @@ def test_string_constructor_kwargs_in_a_backbone_json_are_named(tmp_path, tiny_r
         f"error: backbone metadata {meta_file}: constructor_kwargs is a string "
         f"(\"num_classes=10\"), not an object (e.g. \"constructor_kwargs\": {{\"num_classes\": "
         f"1000}}): {AGAIN}\n")
-    assert not (tmp_path / "runs").exists() and not (tmp_path / "records.jsonl").exists()
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "records").exists()

@@ -7,7 +7,7 @@ import pytest
 
 from transfer import cli
 
-from .conftest import REPO, make_backbone, torchrun, tiny_transfer_overrides
+from .conftest import REPO, make_backbone, torchrun, tiny_transfer_overrides, read_records
 from .test_config import alias_tree
 
 TV = REPO / "transfer" / "configs" / "torchvision"
@@ -19,7 +19,7 @@ def run(config, backbone, root, out, *extra, flags=()):
 
 
 def records(out):
-    return [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    return read_records(out)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,8 @@ def test_bad_input_messages(tmp_path, tiny_coco, backbones, capsys):
 def test_a_config_file_that_is_no_config_is_refused(tmp_path, backbones, capsys, text, message):
     path = tmp_path / "bad.yaml"
     path.write_bytes(text)
-    assert cli.main([str(path), "--backbone", str(backbones["resnet18"])]) == 2
+    assert cli.main([str(path), "--backend", "torchvision", "--backbone",
+                     str(backbones["resnet18"])]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: " + message.format(path=path, folder=tmp_path)), err
     assert "Traceback" not in err
@@ -200,11 +201,13 @@ def test_other_weights_of_the_same_name_are_refused_then_restarted(tmp_path, tin
     assert run("smoke_faster_rcnn_fpn", backbone, tiny_coco, tmp_path, flags=["--restart"]) == 0
     (archived,) = run_dir.parent.glob("seed0.superseded-*")
     assert snapshot(archived) == before
-    second = records(tmp_path)[1]
+    (second,) = records(tmp_path)  # the run's record file now holds the new run's
     assert second["backbone_sha256"] != first["backbone_sha256"]
+    assert json.loads((archived / "result.json").read_text())["backbone_sha256"] == \
+        first["backbone_sha256"]  # the archived run keeps its own result
     assert run("smoke_faster_rcnn_fpn", backbone, tiny_coco, tmp_path, flags=["--resume"]) == 0
     assert "is already finished" in capsys.readouterr().err
-    assert len(records(tmp_path)) == 2
+    assert records(tmp_path) == [second]
 
 
 def test_a_failed_check_writes_nothing(tmp_path, tiny_coco, backbones, capsys):
@@ -239,7 +242,7 @@ def test_an_empty_evaluation_split_stops_before_training(tmp_path, tiny_coco, ba
                "data.dataset=coco") == 2
     err = capsys.readouterr().err
     assert "the evaluation split (val2017) of" in err and "holds no images" in err
-    assert not (tmp_path / "runs").exists() and not (tmp_path / "records.jsonl").exists()
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "records").exists()
 
 
 def test_an_empty_training_split_says_so(tmp_path, tiny_coco, backbones, capsys):
@@ -287,7 +290,7 @@ def test_no_record_from_an_evaluation_of_nothing(tmp_path, tiny_coco, backbones,
     monkeypatch.setattr(engine.DetectionRun, "evaluate", blind)
     assert run("smoke_faster_rcnn_fpn", backbones["resnet18"], tiny_coco, tmp_path) == 2
     assert "saw no images, so there is no result to record" in capsys.readouterr().err
-    assert not (tmp_path / "records.jsonl").exists()
+    assert not (tmp_path / "records").exists()
     assert not list((tmp_path / "runs").rglob("result.json"))
 
 

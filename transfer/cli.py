@@ -1,6 +1,7 @@
 """`python -m transfer CONFIG --backbone PATH [key=value ...]`: fine-tune a pre-trained backbone
-on COCO or COCO-Stuff and evaluate it. The backend follows from the config
-(transfer/backends/__init__.py lists them):
+on COCO or COCO-Stuff and evaluate it. The backend is the config's folder,
+transfer/configs/<backend>/ (transfer/backends/__init__.py lists them), or --backend NAME for a
+config kept elsewhere:
 
   transfer/configs/torchvision/*.yaml   this project's YAML (torchvision detection models)
   transfer/configs/detectron2/*.yaml    Detectron2's own YAML (needs Detectron2 installed)
@@ -9,16 +10,12 @@ on COCO or COCO-Stuff and evaluate it. The backend follows from the config
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-import yaml
-
-from kdcl_common import ConfigError, KdclError, user_message
 from kdcl_common import runs
-from kdcl_common.config import describe, read_text, safe_load_yaml
+from kdcl_common.cli import guarded
+from kdcl_common.config import describe
 
-from .backends import BACKENDS
+from . import backends
 from .backends.base import Backend, refuse_other_options
 
 EXAMPLES = """\
@@ -43,32 +40,14 @@ Runs go to <output root>/<config name>/<pretrain config>-seed<n>-<student>/seed<
 identified by its resolved config and the backbone's sha256 (run.json): --resume continues, or
 leaves finished, only a run of the same identity, and refuses one of other weights or another
 config, saying what differs; --restart renames that folder to <folder>.superseded-<time> and
-runs again. One result record per finished run is appended to results/records/transfer.jsonl.
+runs again. Each finished run writes its result record to <records>/transfer/<run folder>.json.
 
 torchvision backend config keys (key = default, then what it means):
 """
 
 
 def registered() -> list[type[Backend]]:
-    return [entry.load() for entry in BACKENDS.values()]
-
-
-def backend_of(config: str | Path) -> type[Backend]:
-    """The registered backend that claims the config file."""
-    path = Path(config)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    data = None
-    if path.suffix in (".yaml", ".yml"):
-        try:
-            data = safe_load_yaml(read_text(path), str(path)) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from None
-    for backend in registered():
-        if backend.claims(path, data):
-            return backend
-    raise ConfigError(f"{path} is not a config of any transfer backend "
-                      f"({', '.join(BACKENDS)}): see transfer/configs")
+    return [entry.load() for entry in backends.REGISTRY]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -84,6 +63,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     parser.add_argument("--backbone", required=True,
                         help="an exported backbone .pth with its .json beside it")
+    parser.add_argument("--backend", choices=backends.names(),
+                        help="the config's backend (default: its folder under transfer/configs)")
+    parser.add_argument("--output-root", metavar="DIR",
+                        help="where run folders go, over the config's (not part of a run's "
+                             "identity: a moved run is the same run)")
+    parser.add_argument("--records", metavar="DIR",
+                        help="the records folder, over the config's (default results/records)")
+    parser.add_argument("--seed", type=int, metavar="N",
+                        help="the fine-tuning seed (the backend's seed key: seed, SEED or "
+                             "randomness.seed), so that a chain can vary it for any backend")
     mode = runs.add_arguments(parser, weights="backbone weights")
     mode.add_argument("--eval-only", action="store_true",
                       help="evaluate the run's trained weights instead of training")
@@ -101,12 +90,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_intermixed_args(argv)
-    try:
+
+    def body() -> int:
         from . import lifecycle
 
-        backend = backend_of(args.config)
+        backend = backends.of_config(args.config, args.backend).load()
         refuse_other_options(backend, args, registered(), args.config)
         return lifecycle.run(backend(args), args)
-    except KdclError as e:
-        print(f"error: {user_message(e)}", file=sys.stderr)
-        return 2
+
+    return guarded(body)

@@ -18,15 +18,14 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from kdcl_common import (ConfigError, DataError, KdclError, NonFiniteLossError, artifact,
-                         identity, models)
+from kdcl_common import ConfigError, DataError, KdclError, artifact, fingerprint, identity, models
 from kdcl_common import distributed as kdist
 from kdcl_common import records
 from kdcl_common.distributed import DistContext
 from kdcl_common.io import atomic_write_json
-from kdcl_common.logs import attach_file, get_logger
+from kdcl_common.logs import get_logger
 from kdcl_common.provenance import environment
-from kdcl_common.runs import FINISHED, RESUME, START, Identity, Policy, RunFolder
+from kdcl_common.runs import FINISHED, RESUME, START, Identity, Policy, RunFolder, RunSession
 
 from . import naming
 from .backends.base import Backend, Spec
@@ -58,17 +57,18 @@ class TransferRun:
 
     def finish(self, metrics: dict, evaluated_images: int, world_size: int,
                wall_seconds: float, images_per_second: float | None, **extra) -> dict:
-        """Append the result record and write result.json (main process only)."""
+        """Write the result record and result.json (main process only)."""
         self._check_evaluated(evaluated_images)
         spec, meta = self.spec, self.meta
         changes = identity.accepted_changes(self.run_dir)
-        record = records.append(
-            spec.records, stage="transfer", task=spec.task, dataset=spec.dataset,
+        record = records.make(
+            stage="transfer", task=spec.task, dataset=spec.dataset,
             backend=self.backend, backbone=models.label(meta["architecture"],
                                                         meta["constructor_kwargs"]),
             method=meta.get("method", "unknown"), metrics=metrics, seed=spec.seed,
             preset=spec.preset, config=spec.name, config_file=self.config_path,
-            config_hash=Identity(spec.config).config_hash, run_dir=self.run_dir,
+            config_hash=Identity(spec.config, locations=spec.location_keys).config_hash,
+            run_dir=self.run_dir,
             world_size=world_size, wall_seconds=wall_seconds, protocol=spec.protocol,
             backbone_path=str(self.backbone), backbone_sha256=meta["sha256"],
             pretrain_config=meta.get("config_name"), pretrain_seed=meta.get("seed"),
@@ -76,6 +76,8 @@ class TransferRun:
             group="+".join(meta.get("students", [])), evaluated_images=evaluated_images,
             images_per_second=images_per_second, **(spec.extra or {}), **extra,
             **({"config_changes": changes} if changes else {}))
+        records.write(spec.records, "transfer", self.run_dir.relative_to(spec.output_root),
+                      [record])
         atomic_write_json(self.run_dir / FINISHED_MARKER, record)
         return record
 
@@ -85,7 +87,8 @@ class TransferRun:
         out = self.run_dir / f"eval-{self.spec.evaluation_split}.json"
         atomic_write_json(out, {"checkpoint": checkpoint, "metrics": metrics,
                                 "evaluated_images": evaluated_images,
-                                "config_hash": Identity(self.spec.config).config_hash,
+                                "config_hash": Identity(self.spec.config, locations=self.spec
+                                                        .location_keys).config_hash,
                                 "backbone_sha256": self.meta["sha256"]})
         return out
 
@@ -98,6 +101,7 @@ class TransferRun:
 def policy(backend: Backend, spec: Spec) -> Policy:
     return Policy(finished_marker=FINISHED_MARKER, has_checkpoint=backend.has_checkpoint,
                   resumable_keys=spec.resumable_keys, recovery_keys=spec.recovery_keys,
+                  location_keys=spec.location_keys,
                   config_file=spec.config_file, other_run=spec.other_run,
                   temporaries=spec.temporaries)
 
@@ -121,36 +125,50 @@ class Resolved:
     folder: RunFolder
 
 
-def resolve(backend: Backend, config: Path, overrides: list[str], backbone: Path) -> Resolved:
-    """Load and fit the config, check the backbone's file against its sha256, and name the
-    run folder with its identity (the config and the backbone's sha256). Writes nothing."""
+def resolve(backend: Backend, config: Path, overrides: list[str], backbone: Path,
+            seed: int | None = None, output_root: str | Path | None = None,
+            records: str | Path | None = None) -> Resolved:
+    """Load and fit the config (`seed`: --seed, the backend's seed key; `output_root`,
+    `records`: --output-root, --records, over the config's), check the backbone's file against
+    its sha256, and name the run folder with its identity (the config and the backbone's
+    sha256). Writes nothing."""
+    if seed is not None:
+        overrides = [*overrides, f"{backend.seed_key}={seed}"]
     backend.load_config(Path(config), overrides)
     backbone, meta = artifact.verified_metadata(backbone)
     check_architecture(backend, meta, backbone)
     backend.fit_backbone(meta, backbone)
     spec = backend.spec()
+    spec = replace(spec, output_root=str(output_root or spec.output_root),
+                   records=str(records or spec.records))
     if not isinstance(spec.seed, int) or isinstance(spec.seed, bool) or spec.seed < 0:
         # Detectron2 reads a negative SEED as "draw one at random": a run nobody can repeat
-        raise ConfigError(f"{spec.seed_key}={spec.seed!r} must be an integer >= 0: the run "
+        raise ConfigError(f"{backend.seed_key}={spec.seed!r} must be an integer >= 0: the run "
                           f"folder is seed<n>, and the run must be repeatable from it")
+    inputs = {"backbone": {"path": str(backbone), "sha256": meta["sha256"]}}
+    if spec.data is not None:
+        inputs["data"] = fingerprint.as_input(*spec.data)
     folder = RunFolder(naming.run_dir(spec.output_root, spec.name, meta, backbone, spec.seed),
-                       policy(backend, spec),
-                       Identity(spec.config, {"backbone": {"path": str(backbone),
-                                                           "sha256": meta["sha256"]}}))
+                       policy(backend, spec), Identity(spec.config, inputs, spec.location_keys))
     return Resolved(spec, backbone, meta, folder)
 
 
-def status(config: str | Path, backbone: str | Path, overrides: list[str] = ()) -> tuple[str, str]:
-    """What `python -m transfer config --backbone backbone` would find (RunFolder.status)."""
-    from .cli import backend_of
+def status(config: str | Path, backbone: str | Path, overrides: list[str] = (),
+           seed: int | None = None, backend: str | None = None,
+           output_root: str | Path | None = None):
+    """What `python -m transfer config --backbone backbone [--seed seed] [--output-root dir]`
+    would find (RunFolder.status)."""
+    from . import backends
 
-    return resolve(backend_of(config)(), Path(config), list(overrides),
-                   Path(backbone)).folder.status()
+    return resolve(backends.of_config(config, backend).load()(), Path(config), list(overrides),
+                   Path(backbone), seed, output_root).folder.status()
 
 
 def run(backend: Backend, args) -> int:
     """`python -m transfer` for a config of `backend` (already chosen by transfer/cli.py)."""
-    resolved = resolve(backend, Path(args.config), args.overrides, Path(args.backbone))
+    resolved = resolve(backend, Path(args.config), args.overrides, Path(args.backbone),
+                       getattr(args, "seed", None), getattr(args, "output_root", None),
+                       getattr(args, "records", None))
     if args.print_config:
         text = resolved.spec.config_text
         print(text, end="" if text.endswith("\n") else "\n")
@@ -168,44 +186,36 @@ def _run(backend: Backend, args, resolved: Resolved, ctx: DistContext) -> int:
                                     resolved.folder)
     run_dir = folder.path
     transfer = TransferRun(backend.name, spec, str(args.config), backbone, meta, run_dir, ctx)
-    if args.eval_only:
-        folder.check_evaluable(spec.evaluation_keys)
+    with RunSession(folder, logger, extra_writable=(records.folder(spec.records),)) as session:
+        if args.eval_only:
+            folder.check_evaluable(spec.evaluation_keys)
+            transfer.backbone_state = artifact.build(backbone, meta).state_dict()
+            if backend.prepare(transfer) <= 0:
+                raise _empty_evaluation(spec, args.config)
+            backend.evaluate(transfer)
+            return 0
+        action = session.decide(args.resume, args.restart)
+        if action == FINISHED:
+            logger.info(f"{run_dir} is already finished: {run_dir / FINISHED_MARKER}")
+            return 0
+        transfer.action = action
+        # a strict load into its architecture (the file was hashed by resolve)
         transfer.backbone_state = artifact.build(backbone, meta).state_dict()
         if backend.prepare(transfer) <= 0:
             raise _empty_evaluation(spec, args.config)
-        backend.evaluate(transfer)
-        return 0
-    action = folder.decide(args.resume, args.restart)
-    if action == FINISHED:
-        logger.info(f"{run_dir} is already finished: {run_dir / FINISHED_MARKER}")
-        return 0
-    transfer.action = action
-    # a strict load into its architecture (the file was hashed by resolve)
-    transfer.backbone_state = artifact.build(backbone, meta).state_dict()
-    if backend.prepare(transfer) <= 0:
-        raise _empty_evaluation(spec, args.config)
-    kdist.barrier()  # every process has read the folder before the main one changes it
-    if ctx.is_main:
-        folder.start(action, {
+        session.start(action, {
             spec.config_file: spec.config_text,
             "environment.json": json.dumps({
                 **environment(ctx.world_size), "config_file": str(args.config),
                 "config_hash": folder.identity.config_hash, "backbone": str(backbone),
                 "backbone_meta": {k: v for k, v in meta.items() if k != "config"}},
                 indent=2, default=str) + "\n"})
-        attach_file(logger, run_dir / "log.txt")
-    kdist.barrier()
-    logger.info(f"{spec.name} ({spec.task}, protocol {spec.protocol}) on {backbone} "
-                f"({meta['architecture']}, {meta.get('method')}), {backend.name}: "
-                f"{ctx.world_size} process(es); writing to {run_dir}"
-                + (f"; resumed with {'; '.join(c.strip() for c in folder.changes)}"
-                   if folder.changes else ""))
-    try:
+        logger.info(f"{spec.name} ({spec.task}, protocol {spec.protocol}) on {backbone} "
+                    f"({meta['architecture']}, {meta.get('method')}), {backend.name}: "
+                    f"{ctx.world_size} process(es); writing to {run_dir}"
+                    + (f"; resumed with {'; '.join(c.strip() for c in folder.changes)}"
+                       if folder.changes else ""))
         backend.train(transfer)
-    except NonFiniteLossError:
-        if ctx.is_main:
-            folder.mark_stopped("non-finite loss")
-        raise
     return 0
 
 

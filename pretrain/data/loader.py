@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -125,6 +126,18 @@ def load_sources(cfg: DataConfig, ctx: DistContext):
     train, val = sources.imagefolder_splits(cfg.root, cfg.max_image_pixels)
     name = "synthetic" if cfg.dataset == "synthetic" else os.path.basename(os.path.normpath(cfg.root))
     return train, val, name
+
+
+def identified_files(cfg: DataConfig) -> tuple[str, ...] | None:
+    """The files under data.root whose fingerprint identifies the dataset (kdcl_common/
+    fingerprint.py), or None where the config itself says what the data is (the generated
+    set: its parameters are data.synthetic)."""
+    if cfg.dataset == "synthetic":
+        return None
+    if cfg.dataset == "cifar100":
+        nested = "cifar-100-python/" if (Path(cfg.root) / "cifar-100-python").is_dir() else ""
+        return tuple(f"{nested}{name}" for name in ("train", "test", "meta"))
+    return ("train", "val")
 
 
 def check_decode(cfg: DataConfig, source) -> None:

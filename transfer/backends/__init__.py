@@ -1,27 +1,78 @@
-"""The transfer backends, one line each. `python -m transfer` picks the one whose `claims()`
-accepts the config (in this order; the last is the fallback for YAML), and `run_all.sh`
-(chain/plan.py) reads which are installed and which dataset each needs.
+"""The transfer backends: the one list of them, which everything else reads.
 
-To add a backend: a package under transfer/backends whose `Backend` subclasses
-transfer.backends.base.Backend, and a line here.
+Each entry says all that the rest of the suite needs to know about its backend, so that no
+module outside a backend's package names one:
 
-Standard library only (the chain imports this before the environment exists); the backends
-themselves are imported when used.
+    name          the backend's name; its configs live in transfer/configs/<name>/, which is
+                  how `python -m transfer` knows a config's backend (or --backend NAME)
+    package       the package holding its `Backend` class (transfer/backends/base.py)
+    requires      the library it drives: the backend is available when that imports
+    data          the environment variable of its real dataset's root, and what it holds
+    configs       per preset (and `acceptance`, the GPU acceptance check), the config files
+                  the chain runs for each backbone; `{arch}` stands for `arch_tags[arch]`
+    arch_tags     the short names of architectures in its config file names; a pattern with
+                  `{arch}` has no config for an architecture missing here
+    launcher      None: torchrun starts its processes; else the framework's own launcher
+                  and the options that give it GPUs and machines (Detectron2's `launch`)
+
+The order of REGISTRY is the order of plans and tables. Adding a backend is one package and one
+line: transfer/backends/<name>/ with a `Backend` subclass and its weight-name conversion
+(`conversions`), its configs in transfer/configs/<name>/, and its `BackendEntry` here.
+
+Standard library only: the chain reads this before the environment exists; a backend's package
+is imported when it is used.
 """
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
 
 
 @dataclass(frozen=True)
-class Entry:
+class DataVariable:
+    name: str  # e.g. COCO_ROOT
+    holds: str  # what the folder it names must hold, for messages
+
+
+@dataclass(frozen=True)
+class OwnLauncher:
+    """A framework that starts its own processes: the `python -m transfer` options that tell
+    it how many GPUs per machine, how many machines, this machine's rank and where to meet."""
+
+    gpus: str
+    machines: str
+    machine_rank: str
+    dist_url: str
+
+    def arguments(self, gpus: int, machines: int = 1, rank: int | str = 0,
+                  address: str | None = None) -> list[str]:
+        args = [self.gpus, str(gpus)]
+        if machines > 1 or address:
+            args += [self.machines, str(machines), self.machine_rank, str(rank)]
+        if address:
+            args += [self.dist_url, f"tcp://{address}"]
+        return args
+
+
+@dataclass(frozen=True)
+class BackendEntry:
     name: str
-    package: str        # holds `Backend`
-    requires: str       # the library it drives: the backend is available when it imports
-    data_variable: str  # the environment variable of its real dataset's root
+    package: str
+    requires: str
+    data: DataVariable
+    configs: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    arch_tags: dict[str, str] = field(default_factory=dict)
+    launcher: OwnLauncher | None = None
+
+    @property
+    def config_folder(self) -> Path:
+        return CONFIG_ROOT / self.name
 
     def available(self) -> bool:
         return importlib.util.find_spec(self.requires) is not None
@@ -32,9 +83,70 @@ class Entry:
         warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
         return importlib.import_module(self.package).Backend
 
+    def config_files(self, preset: str, arch: str) -> list[str]:
+        """The configs of `preset` for a backbone of `arch` (paths from the repository root)."""
+        tag = self.arch_tags.get(arch)
+        return [f"transfer/configs/{self.name}/{pattern.format(arch=tag)}"
+                for pattern in self.configs.get(preset, ()) if tag or "{arch}" not in pattern]
 
-BACKENDS = {e.name: e for e in (
-    Entry("mmseg", "transfer.backends.mmseg", "mmseg", "COCO_STUFF_ROOT"),
-    Entry("detectron2", "transfer.backends.detectron2", "detectron2", "COCO_ROOT"),
-    Entry("torchvision", "transfer.backends.torchvision", "torchvision", "COCO_ROOT"),
-)}
+
+COCO = DataVariable("COCO_ROOT", "COCO 2017: train2017/, val2017/, annotations/instances_*2017.json")
+COCO_STUFF = DataVariable("COCO_STUFF_ROOT", "COCO-Stuff 164k: images/{train,val}2017, "
+                                             "annotations/{train,val}2017")
+
+REGISTRY: tuple[BackendEntry, ...] = (
+    BackendEntry(
+        "torchvision", "transfer.backends.torchvision", "torchvision", COCO,
+        configs={"smoke": ("smoke_faster_rcnn_fpn.yaml", "smoke_mask_rcnn_fpn.yaml"),
+                 "paper": ("faster_rcnn_fpn_paper14ep_syncbn.yaml",
+                           "mask_rcnn_fpn_paper14ep_syncbn.yaml"),
+                 "acceptance": ("acceptance_faster_rcnn_fpn.yaml",
+                                "acceptance_mask_rcnn_fpn.yaml")}),
+    BackendEntry(
+        "detectron2", "transfer.backends.detectron2", "detectron2", COCO,
+        configs={"smoke": ("faster_rcnn_{arch}_FPN_smoke.yaml", "mask_rcnn_{arch}_FPN_smoke.yaml"),
+                 "paper": ("faster_rcnn_{arch}_FPN_paper14ep_syncbn.yaml",
+                           "mask_rcnn_{arch}_FPN_paper14ep_syncbn.yaml"),
+                 "acceptance": ("mask_rcnn_{arch}_FPN_acceptance.yaml",)},
+        arch_tags={"resnet18": "R18", "resnet50": "R50", "mobilenet_v2": "MBV2"},
+        launcher=OwnLauncher("--num-gpus", "--num-machines", "--machine-rank", "--dist-url")),
+    BackendEntry(
+        "mmseg", "transfer.backends.mmseg", "mmseg", COCO_STUFF,
+        configs={"smoke": ("sem-fpn_{arch}_smoke.py",),
+                 "paper": ("sem-fpn_{arch}_80k_syncbn_coco-stuff164k-512x512.py",
+                           "upernet_{arch}_80k_syncbn_coco-stuff164k-512x512.py"),
+                 "acceptance": ("sem-fpn_{arch}_acceptance.py", "upernet_{arch}_acceptance.py")},
+        arch_tags={"resnet18": "r18", "resnet50": "r50", "mobilenet_v2": "mbv2"}),
+)
+
+
+def names() -> tuple[str, ...]:
+    return tuple(entry.name for entry in REGISTRY)
+
+
+def get(name: str) -> BackendEntry:
+    for entry in REGISTRY:
+        if entry.name == name:
+            return entry
+    raise KeyError(f"unknown transfer backend {name!r}: the backends are {', '.join(names())}")
+
+
+def of_config(config: str | os.PathLike, backend: str | None = None) -> BackendEntry:
+    """The backend of a config: `backend` when given (--backend), else the folder it sits in,
+    transfer/configs/<backend>/. Never guessed from the file's content."""
+    from kdcl_common import ConfigError
+
+    if backend is not None:
+        if backend not in names():
+            raise ConfigError(f"--backend {backend}: no such backend; the backends are "
+                              f"{', '.join(names())}")
+        return get(backend)
+    try:
+        folder = Path(config).resolve().relative_to(CONFIG_ROOT).parts[0]
+    except (ValueError, IndexError):
+        folder = None
+    if folder in names():
+        return get(folder)
+    raise ConfigError(f"{config} is not in a backend's config folder (transfer/configs/<backend>/ "
+                      f"for {', '.join(names())}), so its backend is not known: move it there, "
+                      f"or say which it is with --backend NAME")

@@ -45,10 +45,12 @@ class Spec:
     recovery_keys: tuple[str, ...] = ()    # ... and on the --resume after a non-finite stop
     evaluation_keys: tuple[str, ...] = ()  # may change for --eval-only ('key.*': everything below)
     other_run: str = "seed=<n>"            # how to make a separate run of the same config
-    seed_key: str = "seed"                 # the config key that holds `seed`
     evaluation_split: str = "val"          # names eval-<split>.json
     temporaries: tuple[str, ...] = ()      # the framework's own partial files (globs)
     extra: dict | None = None              # backend fields for the result record
+    location_keys: tuple[str, ...] = ()    # where outputs go and data is read: not identity
+    data: tuple[str, tuple[str, ...]] | None = None  # (root, files under it) that identify the
+                                                     # data; None: the config does (generated)
 
 
 class Backend:
@@ -59,12 +61,13 @@ class Backend:
     options: ClassVar[dict[str, dict[str, Any]]] = {}
     launch: ClassVar[str] = ("For several processes use torchrun: torchrun --nproc_per_node N "
                              "-m transfer CONFIG --backbone PATH")
+    seed_key: ClassVar[str] = "seed"  # the config key of the run's seed (--seed sets it)
 
     @classmethod
-    def claims(cls, path: Path, yaml_data: Any) -> bool:
-        """Whether the config at `path` is this backend's (`yaml_data`: its YAML, parsed, or
-        None when it is not YAML)."""
-        raise NotImplementedError
+    def training_images(cls, config: Path, gpus: int) -> int | None:
+        """About how many images a run of `config` trains on with `gpus` GPUs (iterations x
+        global batch), for the chain's cost estimate; None when not known."""
+        return None
 
     def __init__(self, args=None):
         self.args = args  # the command line, for the backend's own options

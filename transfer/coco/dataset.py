@@ -23,9 +23,9 @@ from kdcl_common import DataError
 from kdcl_common.images import HARD_LIMIT, MAX_PIXELS, ImageTooLarge, open_within, size_mismatch
 from kdcl_common.sampling import sample_seed
 
+from .layout import LAYOUT
+
 LIMIT_KEY = "data.max_image_pixels"
-LAYOUT = ("root/train2017/*.jpg, root/val2017/*.jpg, "
-          "root/annotations/instances_train2017.json, root/annotations/instances_val2017.json")
 
 
 def split_paths(root: str | os.PathLike, split: str) -> tuple[Path, Path]:

@@ -12,6 +12,7 @@ import yaml
 
 from kdcl_common import ConfigError, KdclError
 
+from ...coco.layout import split_files
 from ...naming import config_name
 from ..base import Backend as Base
 from ..base import Spec, option
@@ -33,6 +34,7 @@ def require_detectron2() -> None:
 
 class Backend(Base):
     name = "detectron2"
+    seed_key = "SEED"
     options = {
         "num_gpus": {"flag": "--num-gpus", "type": int, "metavar": "N",
                      "help": "GPUs per machine (default 1), each a process of Detectron2's launch"},
@@ -47,9 +49,14 @@ class Backend(Base):
     launch = ("For several GPUs pass --num-gpus N to a Detectron2 config, which starts its own "
               "processes; other backends use torchrun.")
 
+
     @classmethod
-    def claims(cls, path: Path, yaml_data) -> bool:
-        return isinstance(yaml_data, dict) and any(k == "_BASE_" or k.isupper() for k in yaml_data)
+    def training_images(cls, config: Path, gpus: int) -> int | None:
+        require_detectron2()
+        from . import config as d2config
+
+        cfg = d2config.load(config, [])  # IMS_PER_BATCH is the global batch
+        return cfg.SOLVER.MAX_ITER * cfg.SOLVER.IMS_PER_BATCH
 
     def load_config(self, path: Path, overrides: list[str]) -> None:
         require_detectron2()
@@ -86,11 +93,13 @@ class Backend(Base):
             recovery_keys=("SOLVER.BASE_LR", "SOLVER.WARMUP_ITERS", "SOLVER.WARMUP_FACTOR"),
             evaluation_keys=("KDCL.VAL_SPLIT", "TEST.*"),
             other_run="SEED=<n>, or a copy of the config under another name",
-            seed_key="SEED",
             evaluation_split=cfg.KDCL.VAL_SPLIT, temporaries=(".*.partial.pth",),
             extra={"detector": "mask_rcnn" if cfg.MODEL.MASK_ON else "faster_rcnn",
                    "iterations": cfg.SOLVER.MAX_ITER,
-                   "images_per_batch": cfg.SOLVER.IMS_PER_BATCH})
+                   "images_per_batch": cfg.SOLVER.IMS_PER_BATCH},
+            location_keys=("KDCL.OUTPUT_ROOT", "KDCL.RECORDS", "KDCL.DATA_ROOT", "OUTPUT_DIR"),
+            data=None if cfg.KDCL.SYNTHETIC else (cfg.KDCL.DATA_ROOT, split_files(
+                cfg.KDCL.TRAIN_SPLIT, cfg.KDCL.VAL_SPLIT)))
 
     def prepare(self, run) -> int:
         from . import launcher

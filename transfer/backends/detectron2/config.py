@@ -32,7 +32,7 @@ def add_kdcl_config(cfg: CfgNode) -> None:
     cfg.KDCL.PROTOCOL = ""
     cfg.KDCL.PRESET = "custom"
     cfg.KDCL.OUTPUT_ROOT = "runs/transfer"
-    cfg.KDCL.RECORDS = "results/records/transfer.jsonl"
+    cfg.KDCL.RECORDS = "results/records"
     cfg.KDCL.KEEP_CHECKPOINTS = 2  # periodic checkpoints kept (model_final.pth is always kept)
     cfg.KDCL.MAX_IMAGE_PIXELS = MAX_PIXELS  # images annotated larger are refused before training
 

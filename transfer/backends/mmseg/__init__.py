@@ -20,6 +20,20 @@ RESUMABLE = ("train_dataloader.num_workers", "val_dataloader.num_workers",
              "val_dataloader.persistent_workers", "test_dataloader.persistent_workers",
              "default_hooks.logger.interval")
 EVALUATION = ("val_dataloader.*", "test_dataloader.*", "val_evaluator.*", "test_evaluator.*")
+# where, not what: never identity (the data is identified by its files' fingerprint)
+LOCATIONS = ("kdcl.output_root", "kdcl.records", "work_dir",
+             *(f"{loader}.dataset.data_root" for loader in
+               ("train_dataloader", "val_dataloader", "test_dataloader")))
+
+
+def data_files(cfg) -> tuple[str, tuple[str, ...]]:
+    """(the data root, its image and label folders of the training and validation splits)."""
+    root = cfg.train_dataloader.dataset.data_root
+    parts = []
+    for loader in ("train_dataloader", "val_dataloader"):
+        prefix = cfg[loader].dataset.data_prefix
+        parts += [prefix.img_path, prefix.seg_map_path]
+    return str(root), tuple(dict.fromkeys(parts))
 
 
 def require_mmseg() -> None:
@@ -33,10 +47,16 @@ def require_mmseg() -> None:
 
 class Backend(Base):
     name = "mmseg"
+    seed_key = "randomness.seed"
+
 
     @classmethod
-    def claims(cls, path: Path, yaml_data) -> bool:
-        return path.suffix == ".py"
+    def training_images(cls, config: Path, gpus: int) -> int | None:
+        require_mmseg()
+        from . import launcher
+
+        cfg = launcher.load(config, [])  # the batch size is per process
+        return cfg.train_cfg.max_iters * cfg.train_dataloader.batch_size * max(gpus, 1)
 
     def load_config(self, path: Path, overrides: list[str]) -> None:
         require_mmseg()
@@ -57,7 +77,7 @@ class Backend(Base):
         return Spec(
             name=config_name(self.path), seed=cfg.get("randomness", {}).get("seed", 0),
             output_root=kdcl.get("output_root", "runs/transfer"),
-            records=kdcl.get("records", "results/records/transfer.jsonl"),
+            records=kdcl.get("records", "results/records"),
             preset=kdcl.get("preset", "custom"), protocol=kdcl.get("protocol", ""),
             task="semantic_segmentation",
             dataset="synthetic" if kdcl.get("synthetic") else "coco_stuff164k",
@@ -65,9 +85,10 @@ class Backend(Base):
             config_text=cfg.pretty_text, config_file="config.py", resumable_keys=RESUMABLE,
             evaluation_keys=EVALUATION,
             other_run="randomness.seed=<n>, or a copy of the config under another name",
-            seed_key="randomness.seed",
             extra={"head": cfg.model.decode_head.type, "iterations": cfg.train_cfg.max_iters,
-                   "classes": len(self.classes)})
+                   "classes": len(self.classes)},
+            location_keys=LOCATIONS,
+            data=None if kdcl.get("synthetic") else data_files(cfg))
 
     def prepare(self, run) -> int:
         """Generate the smoke scenes when asked, check the dataset's layout, and convert the

@@ -8,17 +8,31 @@ from pathlib import Path
 from kdcl_common.config import to_dict, to_yaml
 from kdcl_common.logs import get_logger
 
+from ...coco.layout import split_files
 from ..base import Backend as Base
 from ..base import Spec
 from . import config
 
 
+COCO_TRAIN_IMAGES = 117_266  # train2017's images with at least one annotation
+
+
 class Backend(Base):
     name = "torchvision"
 
+
     @classmethod
-    def claims(cls, path: Path, yaml_data) -> bool:
-        return isinstance(yaml_data, dict)  # the YAML configs no other backend claims
+    def training_images(cls, config: Path, gpus: int) -> int | None:
+        from omegaconf import OmegaConf
+
+        from kdcl_common.config import read_yaml
+
+        cfg = OmegaConf.create(read_yaml(config))
+        epochs = OmegaConf.select(cfg, "optim.epochs", default=None)
+        synthetic = OmegaConf.select(cfg, "data.dataset", default="coco") == "synthetic"
+        images = (OmegaConf.select(cfg, "data.synthetic.train_images", default=48) if synthetic
+                  else COCO_TRAIN_IMAGES)
+        return int(epochs * images) if epochs else None
 
     def load_config(self, path: Path, overrides: list[str]) -> None:
         self.cfg = config.load(path, overrides)
@@ -37,7 +51,10 @@ class Backend(Base):
             device=cfg.train.device, resumable_keys=config.RESUMABLE,
             recovery_keys=config.RECOVERY, evaluation_keys=config.EVALUATION,
             other_run="seed=<n> or name=<new name>", evaluation_split=cfg.data.val_split,
-            extra={"detector": cfg.model.detector, "epochs": cfg.optim.epochs})
+            extra={"detector": cfg.model.detector, "epochs": cfg.optim.epochs},
+            location_keys=config.LOCATIONS,
+            data=None if cfg.data.dataset == "synthetic" else (cfg.data.root, split_files(
+                cfg.data.train_split, cfg.data.val_split)))
 
     def prepare(self, run) -> int:
         from .engine import DetectionRun

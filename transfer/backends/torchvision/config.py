@@ -20,6 +20,7 @@ CHECKPOINTS = RunCheckpoints(format="kdcl-bench/transfer-checkpoint-v1")
 RESUMABLE = ("data.workers", "train.log_interval")  # how the run executes, not what it computes
 RECOVERY = ("optim.lr", "optim.warmup_epochs", "optim.warmup_start_lr", "train.amp")
 EVALUATION = ("data.val_split", "train.eval_batch_size")  # may differ for --eval-only
+LOCATIONS = ("output_root", "records", "data.root")  # where, not what: never identity
 
 
 @dataclass
@@ -83,7 +84,9 @@ class TransferConfig:
     preset: str = option("custom", help="smoke, paper or custom (recorded in results)")
     seed: int = option(0, help="seed of the heads' initialisation, data order and flips")
     output_root: str = option("runs/transfer", help="runs go to <output_root>/<name>/<backbone>")
-    records: str = option("results/records/transfer.jsonl", help="result records are appended here")
+    records: str = option("results/records", help="the records folder: the run's record goes "
+                         "to <records>/transfer/<run folder>.json (a location, not part of "
+                         "the run's identity)")
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

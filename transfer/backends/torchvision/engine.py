@@ -21,6 +21,7 @@ from kdcl_common.config import to_dict
 from kdcl_common.logs import MetricsWriter, progress
 from kdcl_common.sampling import GlobalBatchSampler, ShardSampler, sample_seed
 from kdcl_common.schedule import learning_rate
+from kdcl_common.stopping import Stopped, StopRequest
 
 from ...coco import evaluate as coco_eval
 from ...coco import synthetic
@@ -132,20 +133,31 @@ class DetectionRun:
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp == torch.float16)
 
     # ----------------------------------------------------------------------------- training
-    def train_one_epoch(self, epoch: int, writer: MetricsWriter) -> dict:
+    def train_one_epoch(self, epoch: int, writer: MetricsWriter, stop: StopRequest | None = None,
+                        resumed: dict | None = None) -> dict:
+        """One epoch (from the step a mid-epoch checkpoint `resumed` reached). When `stop` is
+        requested (the ranks agree: every step in one process, at the log interval with
+        several) it returns early with "partial": where it stopped."""
         cfg, device = self.cfg, self.ctx.device
         loader = self.train_loader
-        loader.batch_sampler.set_epoch(epoch)
-        steps = len(loader)
-        torch.manual_seed(sample_seed(cfg.seed, epoch, self.ctx.rank, 1))  # RPN/RoI sampling
+        first = resumed["step"] if resumed else 0
+        loader.batch_sampler.set_epoch(epoch, first)
+        steps = len(loader.batch_sampler)
         self.model.train()
         sums: dict[str, torch.Tensor] = {}
+        if resumed:  # the totals so far go to the main process (summed over ranks later)
+            sums = {k: torch.tensor(v if self.ctx.is_main else 0.0, device=device)
+                    for k, v in resumed["sums"].items()}
         first_bad = torch.full((), -1, dtype=torch.long, device=device)
-        seen, start = 0, time.perf_counter()
+        seen = resumed["seen"] if resumed and self.ctx.is_main else 0
+        start, before = time.perf_counter(), resumed["seconds"] if resumed else 0.0
         window: dict[str, float] = {}
         for i, (images, targets) in enumerate(progress(loader, self.ctx.rank, total=steps,
-                                                       desc=f"epoch {epoch + 1}")):
+                                                       initial=first, desc=f"epoch {epoch + 1}"),
+                                              start=first):
             step = epoch * steps + i
+            # RPN/RoI sampling's random stream is a function of (seed, step, rank)
+            torch.manual_seed(sample_seed(cfg.seed, step, self.ctx.rank, 1))
             for group in self.optimizer.param_groups:
                 group["lr"] = learning_rate(cfg.optim, step, steps)
             images = [im.to(device, non_blocking=True) for im in images]
@@ -163,29 +175,49 @@ class DetectionRun:
                 first_bad.copy_(torch.where(~torch.isfinite(total.detach()) & (first_bad < 0),
                                             step, first_bad))
             seen += len(images)
-            if (i + 1) % cfg.train.log_interval == 0 or i + 1 == steps:
-                bad = int(kdist.earliest_across_ranks(first_bad))
-                if bad >= 0:
-                    last = CHECKPOINTS.path(self.run_dir)
-                    kept = (f"the last good checkpoint is {last} (not overwritten)"
-                            if last.is_file() else "no checkpoint had been written yet")
-                    raise NonFiniteLossError(
-                        f"the detection loss became NaN/inf at epoch {epoch + 1}, step "
-                        f"{bad - epoch * steps + 1} of {steps}; training stopped and "
-                        f"{kept}. {RECOVERY_ADVICE}")
+            at_log = (i + 1) % cfg.train.log_interval == 0 or i + 1 == steps
+            if at_log:
+                self._check_finite(first_bad, epoch, steps)
                 now = {k: float(v) for k, v in sums.items()}
-                n = (i + 1) - window.get("_step", 0)
+                n = (i + 1) - window.get("_step", first)
                 writer.write("train", step + 1, {"lr": self.optimizer.param_groups[0]["lr"],
                              **{k: (now[k] - window.get(k, 0.0)) / n for k in now}},
                              epoch=epoch + 1)
                 window = {**now, "_step": i + 1}
-        seconds = time.perf_counter() - start
-        images_total = seen * self.ctx.world_size
+            if stop is not None and i + 1 < steps and (at_log or not self.ctx.distributed) \
+                    and kdist.any_across_ranks(stop.requested, device):
+                self._check_finite(first_bad, epoch, steps)
+                totals = {k: v.clone() for k, v in sums.items()}
+                for v in totals.values():
+                    kdist.all_reduce_sum(v)
+                count = torch.tensor(float(seen), device=device)
+                kdist.all_reduce_sum(count)
+                return {"partial": {"step": i + 1, "sums": {k: float(v) for k, v in totals.items()},
+                                    "seen": int(count.item()),
+                                    "seconds": before + time.perf_counter() - start}}
+        seconds = before + time.perf_counter() - start
+        total_seen = torch.tensor(float(seen), device=device)
+        kdist.all_reduce_sum(total_seen)
+        images_total = int(total_seen.item())
+        for v in sums.values():
+            kdist.all_reduce_sum(v)
         return {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"],
-                **{f"train/{k}": float(v) / max(steps, 1) for k, v in sums.items()},
+                **{f"train/{k}": float(v) / max(steps * self.ctx.world_size, 1)
+                   for k, v in sums.items()},
                 "train_seconds": round(seconds, 2), "train_images": images_total,
                 "images_per_second": round(images_total / seconds, 2),
                 "peak_memory_mb": provenance.peak_memory_mb(device)}
+
+    def _check_finite(self, first_bad: torch.Tensor, epoch: int, steps: int) -> None:
+        bad = int(kdist.earliest_across_ranks(first_bad))
+        if bad >= 0:
+            last = CHECKPOINTS.path(self.run_dir)
+            kept = (f"the last good checkpoint is {last} (not overwritten)"
+                    if last.is_file() else "no checkpoint had been written yet")
+            raise NonFiniteLossError(
+                f"the detection loss became NaN/inf at epoch {epoch + 1}, step "
+                f"{bad - epoch * steps + 1} of {steps}; training stopped and "
+                f"{kept}. {RECOVERY_ADVICE}")
 
     # --------------------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -235,34 +267,45 @@ class DetectionRun:
 
 
 def train(session: DetectionRun, run: TransferRun) -> None:
-    """Fine-tune from the start or the last checkpoint, evaluate, and record (main process)."""
+    """Fine-tune from the start or the last checkpoint, evaluate, and record (main process).
+    A stop signal (kdcl_common/stopping.py) checkpoints the step reached and stops."""
     cfg, ctx, logger, run_dir = session.cfg, session.ctx, session.logger, run.run_dir
-    start_epoch, history, wall = 0, [], 0.0
+    start_epoch, history, wall, partial = 0, [], 0.0, None
     if run.resuming:
-        start_epoch, history, wall = session.restore(CHECKPOINTS.load(run_dir))
-        logger.info(f"resumed from {CHECKPOINTS.path(run_dir)} after epoch {start_epoch}")
+        state = CHECKPOINTS.load(run_dir)
+        start_epoch, history, wall = session.restore(state)
+        partial = state.get("partial")
+        where = (f"at epoch {start_epoch + 1}, step {partial['step']}" if partial
+                 else f"after epoch {start_epoch}")
+        logger.info(f"resumed from {CHECKPOINTS.path(run_dir)} {where}")
     writer = MetricsWriter(run_dir, enabled=ctx.is_main)
     try:
-        for epoch in range(start_epoch, cfg.optim.epochs):
-            t0 = time.perf_counter()
-            metrics = session.train_one_epoch(epoch, writer)
-            last = epoch + 1 == cfg.optim.epochs
-            if last or (cfg.train.eval_interval and (epoch + 1) % cfg.train.eval_interval == 0):
-                scores = session.evaluate()
-                if scores is not None:
-                    metrics.update({f"val/{k}": v for k, v in scores.items()})
-            wall += time.perf_counter() - t0
-            history.append(metrics)
-            if ctx.is_main:
-                CHECKPOINTS.save(run_dir, session.state(epoch + 1, history, wall))
-                writer.write("epoch", epoch + 1, {k: v for k, v in metrics.items()
-                                                  if isinstance(v, (int, float))})
-                shown = ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in metrics.items()
-                                  if k.startswith("train/loss") or k.startswith("val/") and
-                                  k.endswith("_AP") and v is not None)
-                logger.info(f"epoch {epoch + 1}/{cfg.optim.epochs} | lr {metrics['lr']:.4g} | "
-                            f"{shown} | {metrics['images_per_second']:.1f} img/s")
-            kdist.barrier()
+        with StopRequest() as stop:
+            for epoch in range(start_epoch, cfg.optim.epochs):
+                t0 = time.perf_counter()
+                before = partial["seconds"] if partial else 0.0  # spent before a stop
+                metrics = session.train_one_epoch(epoch, writer, stop, partial)
+                if "partial" in metrics:
+                    raise _stopped(session, stop, epoch, metrics["partial"], history, wall)
+                partial = None
+                last = epoch + 1 == cfg.optim.epochs
+                if last or (cfg.train.eval_interval
+                            and (epoch + 1) % cfg.train.eval_interval == 0):
+                    scores = session.evaluate()
+                    if scores is not None:
+                        metrics.update({f"val/{k}": v for k, v in scores.items()})
+                wall += before + time.perf_counter() - t0
+                history.append(metrics)
+                if ctx.is_main:
+                    CHECKPOINTS.save(run_dir, session.state(epoch + 1, history, wall))
+                    writer.write("epoch", epoch + 1, {k: v for k, v in metrics.items()
+                                                      if isinstance(v, (int, float))})
+                    shown = ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in metrics.items()
+                                      if k.startswith("train/loss") or k.startswith("val/") and
+                                      k.endswith("_AP") and v is not None)
+                    logger.info(f"epoch {epoch + 1}/{cfg.optim.epochs} | lr {metrics['lr']:.4g}"
+                                f" | {shown} | {metrics['images_per_second']:.1f} img/s")
+                kdist.barrier()
     finally:
         writer.close()
     if ctx.is_main:
@@ -275,6 +318,20 @@ def train(session: DetectionRun, run: TransferRun) -> None:
                    round(images / seconds, 2) if seconds else None)
         logger.info("result: " + ", ".join(f"{k} {v}" for k, v in metrics.items()))
     kdist.barrier()
+
+
+def _stopped(session: DetectionRun, stop: StopRequest, epoch: int, partial: dict,
+             history: list, wall: float) -> Stopped:
+    """Write the checkpoint of the step a stop signal reached (main process) and say so."""
+    path = CHECKPOINTS.path(session.run_dir)
+    if session.ctx.is_main:
+        CHECKPOINTS.save(session.run_dir, {**session.state(epoch, history, wall),
+                                           "partial": partial})
+    kdist.barrier()
+    steps = len(session.train_loader.batch_sampler)
+    return Stopped(f"stopped by {stop.name} at epoch {epoch + 1}, step {partial['step']} of "
+                   f"{steps}: the checkpoint of that step is {path}. Continue with the same "
+                   f"command plus --resume.", stop.signum)
 
 
 def evaluate_checkpoint(session: DetectionRun, run: TransferRun) -> None:

@@ -7,20 +7,18 @@ folder, network, δ and seed): gap = loss(other method) − loss(KDCL-General), 
 by seed; over seeds, mean ± std and min/max. Against independent training and DML, as the paper.
 The paper does not say whether its KDCL-General used ICL: each variant in the records gets its
 own curves (with ICL, the full method, solid; without, dashed).
+
+This module makes the numbers (gaps, summary) and the table; plots.py draws the figure from
+`summary`.
 """
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from . import stats  # noqa: E402
-from .tabulate import SMOKE_NOTE, Table, _frame, slug  # noqa: E402
+from . import cells, stats
+from .cells import SMOKE_NOTE, Table, slug
 
 REFERENCE = "kdcl_general"
 AGAINST = {"independent": "independent", "dml": "DML"}
@@ -75,11 +73,11 @@ def summary(gap: pd.DataFrame) -> pd.DataFrame:
         n=("gap", "count")).sort_values(keys, ignore_index=True)
 
 
-def _variant(icl: bool) -> str:
+def variant(icl: bool) -> str:
     return "KDCL-General" + (" + ICL" if icl else "")
 
 
-def _students(names) -> list[str]:
+def students(names) -> list[str]:
     # The paper's Fig. 4 network first.
     return sorted(set(names), key=lambda s: (s != "cifar_resnet32", s))
 
@@ -88,7 +86,7 @@ def _row(at: pd.DataFrame, gap: pd.DataFrame, icl: bool) -> tuple[dict, list[pd.
     """One row: each method's loss at one (network, δ) and its gaps to KDCL-General (ICL or
     not); and the records behind it."""
     row, frames = {}, []
-    methods = [(_variant(icl), at[(at["method"] == REFERENCE) & (at["icl"] == icl)])]
+    methods = [(variant(icl), at[(at["method"] == REFERENCE) & (at["icl"] == icl)])]
     methods += [(label, at[at["method"] == m]) for m, label in AGAINST.items()]
     for name, frame in methods:
         values = frame.groupby("seed")["loss"].mean()
@@ -109,7 +107,7 @@ def tables(data: pd.DataFrame) -> list[Table]:
     for (preset, setting), part in spread.groupby(["preset", "setting"], sort=True):
         mine = loss[(loss["preset"] == preset) & (loss["setting"] == setting)]
         rows, pieces = {}, []
-        for student in _students(part["student"]):
+        for student in students(part["student"]):
             network = part[part["student"] == student]
             for icl in sorted(set(network["icl"]), reverse=True):  # with ICL first
                 for delta, gap in network[network["icl"] == icl].groupby("delta", sort=True):
@@ -119,10 +117,10 @@ def tables(data: pd.DataFrame) -> list[Table]:
                     pieces += [(key, f) for f in frames]
         trace = pd.concat([f.assign(row=[k] * len(f)) for k, f in pieces if not f.empty],
                           ignore_index=True)
-        cells = [_variant(True), _variant(False), *AGAINST.values(),
+        names = [variant(True), variant(False), *AGAINST.values(),
                  *(f"{a} − KDCL-General" for a in AGAINST.values())]
-        frame, runs = _frame(rows, trace, ["network", "KDCL-General ICL", "δ"],
-                             list(rows).index, ["loss", "gap"], cells)
+        frame, runs = cells.frame(rows, trace, ["network", "KDCL-General ICL", "δ"],
+                                  list(rows).index, ["loss", "gap"], names)
         caption = (f"Robustness to Gaussian pixel noise N(0, δ²) ({setting}): loss: the mean "
                    "test cross-entropy of each method's network (mean ± std over seeds); gap: the "
                    "other method's loss minus KDCL-General's, per seed (runs paired by seed), "
@@ -134,48 +132,6 @@ def tables(data: pd.DataFrame) -> list[Table]:
                          f"Fig. 4 (as a table): robustness to noise, {setting} ({preset} preset)",
                          caption, frame, runs, headline=False))
     return out
-
-
-def figures(data: pd.DataFrame, folder: Path) -> list[Path]:
-    """One figure per (preset, setting) with gaps: a panel per network, a line per other method
-    and KDCL-General variant, the mean over seeds with a ± std band."""
-    spread = summary(gaps(data))
-    paths = []
-    for (preset, setting), part in spread.groupby(["preset", "setting"], sort=True):
-        students = _students(part["student"])
-        fig, axes = plt.subplots(1, len(students), figsize=(4.8 * len(students), 3.8),
-                                 squeeze=False, sharey=True)
-        for ax, student in zip(axes[0], students):
-            mine = part[part["student"] == student]
-            for colour, against in zip(("C0", "C1"), AGAINST):
-                for icl in (True, False):
-                    line = mine[(mine["against"] == against) & (mine["icl"] == icl)]
-                    if line.empty:
-                        continue
-                    line = line.sort_values("delta")
-                    ax.plot(line["delta"], line["mean"], color=colour, marker=".",
-                            linestyle="-" if icl else "--",
-                            label=f"{AGAINST[against]} − {_variant(icl)}")
-                    if line["std"].notna().any():
-                        ax.fill_between(line["delta"], line["mean"] - line["std"],
-                                        line["mean"] + line["std"], color=colour, alpha=0.15)
-            ax.axhline(0, color="black", linewidth=0.8)
-            ax.set_title(student, fontsize=9)
-            ax.set_xlabel("δ (noise std, 0-1 pixel scale)")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-        axes[0][0].set_ylabel("test loss gap (other − KDCL-General)")
-        seeds = int(part["n"].max())
-        smoke = " (smoke: plumbing, not science)" if preset == "smoke" else ""
-        band = "band: ± std over seeds" if seeds > 1 else "one seed: no band"
-        fig.suptitle(f"Fig. 4: robustness to Gaussian pixel noise, {setting}{smoke}\n"
-                     f"mean over {seeds} seed{'s' if seeds > 1 else ''}, {band}", fontsize=10)
-        fig.tight_layout()
-        path = folder / f"fig4_robustness_{slug(preset, setting)}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
-    return paths
 
 
 def notes(data: pd.DataFrame) -> list[str]:

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from kdcl_common import models
-from transfer import convert
+from transfer import convert, families
+from transfer.backends.detectron2 import weights as d2_weights
+from transfer.backends.torchvision import weights as tv_weights
 from transfer.backends.torchvision import models as detectors
 from transfer.backends.torchvision.config import ModelConfig
 
@@ -73,7 +75,7 @@ def test_unfilled_and_unknown_target_keys_are_listed():
 
 
 def test_colliding_targets_are_listed(monkeypatch):
-    monkeypatch.setitem(convert.RULES, ("torchvision", "resnet"),
+    monkeypatch.setitem(tv_weights.RULES, "resnet",
                         lambda key: "same" if key.startswith("bn1.") else key)
     with pytest.raises(convert.ConversionError, match="collide.*bn1.weight and bn1.bias -> same"):
         convert.convert(state_of("resnet18"), "resnet18", "torchvision")
@@ -83,13 +85,42 @@ def test_shape_mismatch_and_unsupported_architectures():
     detector = detectors.build(ModelConfig(), "mobilenet_v2", {}, 5, MEAN, STD)
     with pytest.raises(convert.ConversionError, match="shape mismatches"):
         detectors.load_backbone(detector, state_of("mobilenet_v2", width_mult=0.5), "mobilenet_v2")
-    with pytest.raises(convert.ConversionError, match="cifar_resnet32. cannot serve as a detection"):
+    with pytest.raises(convert.ConversionError, match="cifar_resnet32. is of no backbone family "
+                       ".*The families: resnet \\(resnet18, .*mobilenet_v2 \\(mobilenet_v2\\)"):
         convert.convert(state_of("cifar_resnet32"), "cifar_resnet32", "torchvision")
+
+
+def test_a_family_a_backend_has_no_rules_for_is_named(monkeypatch):
+    """A third family (e.g. ConvNeXt) added to the table but not to a backend's rules is an
+    error naming what the backend has, never another family's path."""
+    convnext = families.Family("convnext", ("convnext_tiny",), (4, 8, 16, 32),
+                               lambda arch, kwargs: [96, 192, 384, 768], (1, 3, 5, 7))
+    monkeypatch.setattr(families, "FAMILIES", (*families.FAMILIES, convnext))
+    with pytest.raises(convert.ConversionError, match="the torchvision backend's weight rules "
+                       "has nothing for the convnext family .* it has: resnet, mobilenet_v2"):
+        convert.convert({}, "convnext_tiny", "torchvision")
+    with pytest.raises(families.UnknownFamily, match="FPN backbones has nothing for the convnext"):
+        detectors.build(ModelConfig(), "convnext_tiny", {}, 5, MEAN, STD)
+
+
+def test_the_family_table_gives_each_stage_s_channels():
+    """The channels the segmentation necks are given, against the networks themselves."""
+    import torch
+
+    from kdcl_common import models
+
+    for arch, kwargs in (("resnet18", {}), ("resnet50", {}), ("mobilenet_v2", {}),
+                         ("mobilenet_v2", {"width_mult": 0.5})):
+        net = models.build(arch, num_classes=10, **kwargs).eval()
+        maps = convert.torchvision_features(net, arch, torch.zeros(1, 3, 64, 64),
+                                            mobilenet_ends=families.of(arch).stage_ends)
+        assert [m.shape[1] for m in maps] == families.of(arch).channels(arch, kwargs)
+        assert [64 // m.shape[-1] for m in maps] == list(families.of(arch).strides)
 
 
 def test_detectron2_pickle_format(tmp_path):
     converted = convert.convert(state_of("resnet18"), "resnet18", "detectron2")
-    path = convert.save_detectron2(converted, tmp_path / "r18.pkl", author="test")
+    path = d2_weights.save(converted, tmp_path / "r18.pkl", author="test")
     with open(path, "rb") as f:
         payload = pickle.load(f)
     assert payload["__author__"] == "test" and payload["matching_heuristics"] is True

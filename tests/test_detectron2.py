@@ -12,6 +12,7 @@ import yaml
 
 from kdcl_common import KdclError, models
 from transfer import cli, convert
+from transfer.backends.detectron2 import weights as d2_weights
 
 from .conftest import REPO, TINY_COCO, make_backbone, read_records
 
@@ -136,7 +137,7 @@ def test_detectron2_backbone_gives_the_same_feature_maps(tmp_path, config, arch,
     model = build_model(cfg).eval()
     target = model.backbone.bottom_up.state_dict()
     converted = convert.convert(source.state_dict(), arch, "detectron2", target.keys())
-    weights = convert.save_detectron2(converted, tmp_path / "backbone.pkl", "test")
+    weights = d2_weights.save(converted, tmp_path / "backbone.pkl", "test")
     DetectionCheckpointer(model).load(str(weights))
     image = torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8)  # a multiple of 32: no padding
     with torch.no_grad():

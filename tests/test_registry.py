@@ -14,7 +14,7 @@ from kdcl_common.runs import Identity, RunFolder
 from pretrain import cli, config, methods, registry
 from pretrain.engine import run_identity
 
-from .conftest import REPO, SMOKE, tiny_overrides
+from .conftest import REPO, SMOKE, tiny_overrides, read_records
 
 
 def test_every_registered_method_imports_and_is_a_method():
@@ -187,7 +187,7 @@ def test_a_new_method_is_one_file_and_one_registry_entry(monkeypatch, tmp_path, 
     argv = [str(SMOKE / "kdcl_minlogit.yaml"), *tiny_overrides(tiny_root, tmp_path),
             "method.name=scaled", "method.scale=0.5", "name=extension/scaled"]
     assert cli.main(argv) == 0
-    records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
+    records = read_records(tmp_path)
     assert [(r["method"], r["student"]) for r in records] == [
         ("scaled", "resnet18"), ("scaled", "mobilenet_v2_x0.5")]
     run_dir = tmp_path / "runs" / "extension" / "scaled" / "seed0"

@@ -112,12 +112,11 @@ class Backend(Base):
     def _launch(self, run, mode: str) -> None:
         from detectron2.engine import launch
 
-        from ... import convert
-        from . import launcher
+        from . import launcher, weights
 
         if mode == "train" and not run.resuming:
-            convert.save_detectron2(self.converted, run.run_dir / "backbone.pkl",
-                                    author=f"kdcl-bench ({run.backbone})")
+            weights.save(self.converted, run.run_dir / "backbone.pkl",
+                         author=f"kdcl-bench ({run.backbone})")
         launch(launcher.worker, option(self.args, "num_gpus", 1),
                num_machines=option(self.args, "num_machines", 1),
                machine_rank=option(self.args, "machine_rank", 0),

@@ -119,15 +119,11 @@ def _check_key(tree: dict, dotted: str):
 
 
 def backbone_channels(arch: str, kwargs: dict) -> list[int]:
-    """Output channels of the four stages mmseg's backbone returns."""
-    if arch in ("resnet18", "resnet34"):
-        return [64, 128, 256, 512]
-    if arch in ("resnet50", "resnet101"):
-        return [256, 512, 1024, 2048]
-    from mmseg.models.utils import make_divisible
+    """Output channels of the four stages mmseg's backbone returns: the family's
+    (transfer/families.py)."""
+    from ... import families
 
-    width = float(kwargs.get("width_mult", 1.0))
-    return [make_divisible(c * width, 8) for c in (24, 32, 96, 320)]
+    return families.of(arch).channels(arch, kwargs)
 
 
 def fit_backbone(cfg, meta: dict, path: Path) -> list[int]:

@@ -23,7 +23,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 from torchvision.ops.poolers import initLevelMapper
 
-from ... import convert
+from ... import convert, families
 from .config import ModelConfig
 
 # Where MobileNetV2's `features` change stride: stem (2), then strides 4, 8, 16, 32.
@@ -62,20 +62,30 @@ def mobilenet_v2_fpn(width_mult: float, norm: type[nn.Module], trainable_layers:
                            extra_blocks=LastLevelMaxPool(), norm_layer=fpn_norm)
 
 
+def _resnet(arch, kwargs, norm, trainable_layers, head_norm):
+    """(backbone, anchors: torchvision's default of one size per level on 5 levels, the pooled
+    levels' strides)."""
+    return resnet_fpn(arch, norm, trainable_layers, head_norm), None, (4, 8, 16, 32)
+
+
+def _mobilenet_v2(arch, kwargs, norm, trainable_layers, head_norm):
+    anchors = AnchorGenerator(sizes=((32, 64, 128, 256, 512),) * 3,
+                              aspect_ratios=((0.5, 1.0, 2.0),) * 3)
+    return (mobilenet_v2_fpn(kwargs.get("width_mult", 1.0), norm, trainable_layers, head_norm),
+            anchors, (16, 32))
+
+
+FPNS = {"resnet": _resnet, "mobilenet_v2": _mobilenet_v2}  # per family (transfer/families.py)
+
+
 def build(cfg: ModelConfig, arch: str, arch_kwargs: dict, num_classes: int,
           mean: list[float], std: list[float]) -> nn.Module:
     """A detector for `num_classes` object classes (+ background), normalising its input with
     the backbone's own mean/std (0-1 scale) from the artifact's preprocessing contract."""
     norm = norm_layer(cfg.norm)
     head_norm = nn.BatchNorm2d if cfg.head_norm == "bn" else None
-    if convert.family(arch) == "resnet":
-        backbone = resnet_fpn(arch, norm, cfg.trainable_layers, head_norm)
-        anchors = None  # torchvision's default: one size per level, 5 levels
-    else:
-        backbone = mobilenet_v2_fpn(arch_kwargs.get("width_mult", 1.0), norm,
-                                    cfg.trainable_layers, head_norm)
-        anchors = AnchorGenerator(sizes=((32, 64, 128, 256, 512),) * 3,
-                                  aspect_ratios=((0.5, 1.0, 2.0),) * 3)
+    fpn = families.by_family(FPNS, arch, "the torchvision backend's FPN backbones")
+    backbone, anchors, strides = fpn(arch, arch_kwargs, norm, cfg.trainable_layers, head_norm)
     kwargs = dict(num_classes=num_classes + 1, min_size=cfg.min_size, max_size=cfg.max_size,
                   image_mean=list(mean), image_std=list(std), rpn_anchor_generator=anchors,
                   box_batch_size_per_image=cfg.roi_batch_size_per_image)
@@ -87,7 +97,6 @@ def build(cfg: ModelConfig, arch: str, arch_kwargs: dict, num_classes: int,
         model = MaskRCNN(backbone, **kwargs)
     else:
         model = FasterRCNN(backbone, **kwargs)
-    strides = (4, 8, 16, 32) if convert.family(arch) == "resnet" else (16, 32)
     set_pooler_scales(model, strides)
     return model
 
@@ -116,19 +125,17 @@ def load_backbone(model: nn.Module, state: dict[str, torch.Tensor], arch: str) -
 
 
 def backbone_features(model: nn.Module, arch: str, x: torch.Tensor) -> list[torch.Tensor]:
-    """The detector backbone's maps matching `convert.torchvision_features` (for fidelity)."""
-    body = model.backbone.body
-    if convert.family(arch) == "resnet":
-        outs, y = [], x
-        for name, module in body.items():
-            y = module(y)
-            if name.startswith("layer"):
-                outs.append(y)
-        return outs
+    """The detector backbone's maps matching `convert.torchvision_features` (for fidelity):
+    ResNet's layer1..layer4, MobileNetV2's features[3], [6], [13] and [18]."""
+    returned = families.by_family(BODY_OUTPUTS, arch, "the fidelity check")
     outs, y = [], x
-    for i, block in enumerate(body.values()):
-        y = block(y)
-        if i in (3, 6, 13, 18):
+    for i, (name, module) in enumerate(model.backbone.body.items()):
+        y = module(y)
+        if returned(i, name):
             outs.append(y)
     return outs
+
+
+BODY_OUTPUTS = {"resnet": lambda i, name: name.startswith("layer"),
+                "mobilenet_v2": lambda i, name: i in (3, 6, 13, 18)}
 

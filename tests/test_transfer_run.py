@@ -426,3 +426,13 @@ def test_an_image_file_that_cannot_be_read_is_named(tmp_path, tiny_coco, backbon
     assert f"error: {path} cannot be read as an image (UnidentifiedImageError: cannot identify " \
            f"image file '{path}'): repair or replace it, or remove image {info['id']} in " \
            f"{root / 'annotations' / 'instances_train2017.json'}\n" in err, err
+
+
+def test_the_pixel_limit_is_no_part_of_a_run_s_identity(tmp_path, tiny_coco, backbones, capsys):
+    """It only refuses a run before it starts: another limit, or a run folder written before
+    the key existed, is the same run."""
+    backbone = backbones["resnet18"]
+    assert run("smoke_faster_rcnn_fpn", backbone, tiny_coco, tmp_path) == 0
+    assert run("smoke_faster_rcnn_fpn", backbone, tiny_coco, tmp_path,
+               "data.max_image_pixels=1000000", flags=["--resume"]) == 0
+    assert "is already finished" in capsys.readouterr().err

@@ -17,7 +17,8 @@ from ...naming import CONFIG_ROOT
 
 DETECTORS = {"faster_rcnn": "detection", "mask_rcnn": "instance_segmentation"}
 CHECKPOINTS = RunCheckpoints(format="kdcl-bench/transfer-checkpoint-v1")
-RESUMABLE = ("data.workers", "train.log_interval")  # how the run executes, not what it computes
+# how the run executes, not what it computes (the pixel limit only refuses a run before it starts)
+RESUMABLE = ("data.workers", "train.log_interval", "data.max_image_pixels")
 RECOVERY = ("optim.lr", "optim.warmup_epochs", "optim.warmup_start_lr", "train.amp")
 EVALUATION = ("data.val_split", "train.eval_batch_size")  # may differ for --eval-only
 LOCATIONS = ("output_root", "records", "data.root")  # where, not what: never identity

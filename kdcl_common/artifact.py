@@ -18,6 +18,7 @@ another one (kdcl_common/runs.py).
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -63,22 +64,43 @@ def save(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any]) -> dic
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
-    import json
-
     meta_file = metadata_path(path)
     if not meta_file.is_file():
         raise KdclError(f"backbone metadata {meta_file} is missing: every backbone .pth needs its "
                         f".json beside it (written by `python -m pretrain`), which says its "
                         f"architecture and preprocessing")
     try:
-        meta = json.loads(meta_file.read_text())
+        meta = json.loads(meta_file.read_text(errors="replace"))
     except json.JSONDecodeError as e:
         raise KdclError(f"backbone metadata {meta_file} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise KdclError(f"backbone metadata {meta_file} is nested too deeply to be the .json "
+                        f"that `python -m pretrain` writes") from None
+    again = ("export the backbone again with `python -m pretrain` (or "
+             "kdcl_common.artifact.save), or restore the .json it wrote")
+    if not isinstance(meta, dict):
+        raise KdclError(f"backbone metadata {meta_file} holds {_json_kind(meta)}, not a JSON "
+                        f"object ({{\"format\": \"{FORMAT}\", \"architecture\": ...}}): {again}")
     missing = [k for k in ("architecture", "constructor_kwargs", "preprocessing") if k not in meta]
     if meta.get("format") != FORMAT or missing:
         raise KdclError(f"{meta_file} is not a kdcl-bench backbone description (format "
                         f"{meta.get('format')!r}, missing keys {missing})")
+    wrong = [f"{key} is {_json_kind(meta[key])}, not {kind}" for key, kind, ok in (
+        ("architecture", "a string", isinstance(meta["architecture"], str)),
+        ("constructor_kwargs", "an object", isinstance(meta["constructor_kwargs"], dict)),
+        ("preprocessing", "an object", isinstance(meta["preprocessing"], dict))) if not ok]
+    if wrong:
+        raise KdclError(f"backbone metadata {meta_file}: {'; '.join(wrong)} (e.g. "
+                        f"\"constructor_kwargs\": {{\"num_classes\": 1000}}): {again}")
     return meta
+
+
+def _json_kind(value) -> str:
+    """A JSON value's kind in JSON's words, with the value when it is short."""
+    kind = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            type(None): "null"}.get(type(value), "a number")
+    shown = json.dumps(value)
+    return f"{kind} ({shown})" if len(shown) <= 40 and kind != "null" else kind
 
 
 def verified_metadata(path: str | os.PathLike) -> tuple[Path, dict]:

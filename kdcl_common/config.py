@@ -41,9 +41,92 @@ def _copy(value: Any) -> Any:
 
 
 # --------------------------------------------------------------------------------------- loading
-class _Loader(yaml.SafeLoader):
+# Bounds on a YAML document, checked before anything is built from it: a config nests a few
+# levels and holds a few hundred values. An alias (*name) is a reference, so a few lines of
+# nested aliases stand for billions of values, which every later step (OmegaConf, the dump,
+# the comparison with run.json) would copy out.
+MAX_DEPTH = 50
+MAX_VALUES = 100_000
+
+
+class _Bounded:
+    """A PyYAML loader mixin that refuses documents nested deeper than MAX_DEPTH (PyYAML's
+    composer recurses, and dies of a RecursionError near 300 levels), or whose aliases expand
+    to more than MAX_VALUES values, or, with `aliases` False, any anchor or alias."""
+
+    aliases = True
+
+    def compose_document(self):
+        self._depth = 0
+        node = super().compose_document()
+        _expanded_size(node)
+        return node
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if not self.aliases and (isinstance(event, yaml.AliasEvent) or
+                                 getattr(event, "anchor", None) is not None):
+            raise _Refused("holds a YAML anchor or alias (&name, *name), which an override "
+                           "may not use: write the value out in full (a string that starts "
+                           "with * or & must be quoted: key='\"*text\"')", event.start_mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _Refused(f"is nested more than {MAX_DEPTH} levels deep, where a config "
+                               f"nests a few: is it the right file?", event.start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+class _Refused(Exception):
+    """A YAML document past the bounds, and where: a ConfigError once its source is known."""
+
+    def __init__(self, message: str, mark=None):
+        super().__init__(message)
+        self.line = mark.line + 1 if mark is not None else None
+
+
+def _expanded_size(root) -> int:
+    """The number of values the composed document stands for, aliases expanded, counted over
+    its distinct nodes only (each alias is the node it names): raises _Refused past MAX_VALUES
+    or for an alias inside the value it names (a recursive structure)."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        if isinstance(node, yaml.ScalarNode):
+            sizes[id(node)] = 1
+            continue
+        children = [v for pair in node.value for v in pair] if isinstance(
+            node, yaml.MappingNode) else node.value
+        if children_done:
+            open_nodes.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[id(node)] > MAX_VALUES:
+                raise _Refused(f"has YAML aliases (*name) that expand to more than "
+                               f"{MAX_VALUES:,} values, where a config holds a few hundred: "
+                               f"write the values out, or alias fewer of them", node.start_mark)
+            continue
+        if id(node) in open_nodes:
+            raise _Refused("has a YAML alias inside the value it names: a config cannot hold "
+                           "itself", node.start_mark)
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        stack += [(c, False) for c in children if id(c) not in sizes]
+    return sizes[id(root)]
+
+
+class _Loader(_Bounded, yaml.SafeLoader):
     """YAML 1.2 booleans and floats. YAML 1.1 also reads on/off/yes/no as booleans, which turns
     `amp: off` into False, and reads a float without a dot (`lr=1e-3`) as a string."""
+
+
+class _SafeLoader(_Bounded, yaml.SafeLoader):
+    """PyYAML's safe_load (YAML 1.1), bounded."""
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -57,8 +140,42 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float",
                               list("-+0123456789"))
 
 
-def load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)
+def load_yaml(text: str, source: str = "the YAML", aliases: bool = True,
+              loader: type = _Loader) -> Any:
+    """`text` parsed by `loader` within the bounds above (ConfigError naming `source` past
+    them; yaml.YAMLError for text that is not YAML). `aliases` False refuses anchors and
+    aliases altogether (override values)."""
+    parser = loader(text)
+    parser.aliases = aliases
+    try:
+        return parser.get_single_data()
+    except _Refused as e:
+        where = f", line {e.line}," if e.line and "\n" in text.strip() else ""
+        raise ConfigError(f"{source}{where} {e}") from None
+    finally:
+        parser.dispose()
+
+
+def safe_load_yaml(text: str, source: str = "the YAML") -> Any:
+    """yaml.safe_load's reading (YAML 1.1, as Detectron2 and yacs read their configs), bounded."""
+    return load_yaml(text, source, loader=_SafeLoader)
+
+
+def read_text(path: Path, kind: str = "YAML") -> str:
+    """A config file's text; a ConfigError for a file that is not text (a checkpoint, an
+    image or an archive given as the config)."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not a text file (byte {e.start} is not UTF-8): a config "
+                          f"is a {kind} text file; was a checkpoint, image or archive given "
+                          f"in its place?") from None
+    if "\0" in text:
+        raise ConfigError(f"{path} is not a text file (it holds NUL bytes): a config is a "
+                          f"{kind} text file; was a checkpoint, image or archive given in its "
+                          f"place?")
+    return text
 
 
 def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
@@ -70,14 +187,19 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
         chain = " -> ".join(str(p) for p in (*_seen, path))
         raise ConfigError(f"circular _base_ chain: {chain}")
     try:
-        data = load_yaml(path.read_text()) or {}
+        data = load_yaml(read_text(path), str(path)) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of keys to values, not {type(data).__name__}")
     bases = data.pop(BASE_KEY, [])
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(f"{path}: {BASE_KEY}: {bases!r} must name a config file or a list of "
+                          f"them, as paths relative to {path.parent} (e.g. {BASE_KEY}: "
+                          f"_base.yaml, or {BASE_KEY}: [a.yaml, b.yaml])")
     merged: dict = {}
-    for base in [bases] if isinstance(bases, str) else bases:
+    for base in bases:
         merged = _deep_merge(merged, read_yaml(path.parent / base, (*_seen, path)))
     return _deep_merge(merged, data)
 
@@ -99,8 +221,9 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=0.1)")
+        shown = item if len(item) <= 60 else item[:57] + "..."
         try:
-            value = load_yaml(raw) if raw != "" else ""
+            value = load_yaml(raw, f"override {shown!r}", aliases=False) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
         parsed.append((key.strip(), value))

@@ -14,6 +14,7 @@ from kdcl_common import schedule
 from kdcl_common.checkpoint import RunCheckpoints
 from kdcl_common.runs import Policy
 from kdcl_common.config import check_choice, load_named, option, schema_defaults
+from kdcl_common.images import MAX_PIXELS, check_limit
 from kdcl_common.schedule import OptimConfig
 
 from . import registry
@@ -72,6 +73,10 @@ class DataConfig:
     max_corrupt_fraction: float = option(0.001, help="undecodable images are skipped with a "
                                          "warning; stop when more than this fraction of the "
                                          "dataset is undecodable")
+    max_image_pixels: int = option(MAX_PIXELS, help="an image whose header gives more pixels "
+                                   "is skipped without decoding it, and counted as undecodable "
+                                   "(a small PNG can hold 30000x30000 pixels: 2.7 GB decoded); "
+                                   "the default is PIL's warning threshold")
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -224,6 +229,8 @@ def validate(cfg: PretrainConfig) -> None:
          ">= 0 (0: none held out)")
     need("data.max_corrupt_fraction", data.max_corrupt_fraction,
          0 <= data.max_corrupt_fraction < 1, "in [0, 1) (0: stop at the first undecodable image)")
+    if (problem := check_limit(data.max_image_pixels, "data.max_image_pixels")):
+        raise ConfigError(problem)
     need("data.color_jitter", data.color_jitter,
          data.color_jitter >= 0 and math.isfinite(data.color_jitter), ">= 0 (0: off)")
     if data.cutout:

@@ -5,7 +5,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from .build import RESULTS, build
+from kdcl_common import KdclError
+
+from .build import RESULTS, build, writable_out, write_error
 
 EXAMPLES = """examples:
   python -m results                                   # results/records -> results/
@@ -33,15 +35,28 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    if args.records is None:  # the default: no records yet is not an error (nothing run yet)
-        return build([RESULTS / "records"], args.out, draw=not args.no_figures)
-    for path in args.records:
+    try:
+        return _main(args)
+    except KdclError as e:
+        print(f"python -m results: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(args) -> int:
+    for path in args.records or ():
         if not path.is_file() and not path.is_dir():
             what = "is neither a file nor a folder" if path.exists() else "does not exist"
-            print(f"python -m results: error: --records {path} {what}: give a records folder "
-                  "(e.g. results/records) or a record file", file=sys.stderr)
-            return 2
-    return build(args.records, args.out, draw=not args.no_figures)
+            raise KdclError(f"--records {path} {what}: give a records folder (e.g. "
+                            f"results/records) or a record file")
+    writable_out(args.out)
+    # the default, results/records: no records yet is not an error (nothing run yet)
+    sources = args.records or [RESULTS / "records"]
+    try:
+        return build(sources, args.out, draw=not args.no_figures)
+    except OSError as e:
+        if (error := write_error(e, args.out)) is None:
+            raise
+        raise error from None
 
 
 if __name__ == "__main__":

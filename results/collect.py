@@ -12,6 +12,7 @@ dropped with a warning that says how to refresh it.
 """
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -26,7 +27,26 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class RecordWarning(UserWarning):
-    pass
+    """A record or run file left out of the tables, or a caveat about them: the message names
+    `where` (file:line) and says `why` in a short phrase that every warning of its kind shares,
+    by which `python -m results` counts them when there are many."""
+
+    def __init__(self, message: str, where: str = "", why: str = ""):
+        super().__init__(message)
+        self.where, self.why = where, why
+
+
+def skipped(where: str, why: str, said: str | None = None) -> None:
+    """Warn that the record at `where` is skipped because `why` (`said` in full, if it differs:
+    with the values)."""
+    warnings.warn(RecordWarning(f"{where}: skipped, {said or why}", where, why), stacklevel=3)
+
+
+def _kind(problem: str) -> str:
+    """A problem without the value it shows ("seed is 'one', not an integer" -> "seed not an
+    integer"): what the warnings of one kind share."""
+    field = re.fullmatch(r"(\S+) is .*, not (.+)", problem)
+    return f"{field[1]} not {field[2]}" if field else problem
 
 
 def read(paths: list[Path]) -> list[dict]:
@@ -35,11 +55,11 @@ def read(paths: list[Path]) -> list[dict]:
     for where, record in schema.scan(paths):
         why = schema.unreadable(record)
         if why is not None:
-            warnings.warn(f"{where}: skipped, not JSON ({why})", RecordWarning, stacklevel=2)
+            skipped(where, "not JSON", f"not JSON ({why})")
             continue
         wrong = schema.problems(record)
         if wrong:
-            warnings.warn(f"{where}: skipped, {'; '.join(wrong)}", RecordWarning, stacklevel=2)
+            skipped(where, "; ".join(map(_kind, wrong)), "; ".join(wrong))
             continue
         record["_source"] = where
         out.append(record)
@@ -90,9 +110,9 @@ def exports(records: list[dict]) -> dict:
     return newest
 
 
-def stale(record: dict, exported: dict[Path, dict]) -> str | None:
-    """Why `record` is stale (its weights came from an export that pre-training has since
-    replaced), or None: a transfer record's backbone, a KD record's teacher, a robustness
+def stale(record: dict, exported: dict[Path, dict]) -> RecordWarning | None:
+    """The warning that `record` is stale (its weights came from an export that pre-training
+    has since replaced), or None: a transfer record's backbone, a KD record's teacher, a robustness
     record's backbone (found by its path when it names one, else by its config, seed and
     student). A record whose export no pre-training record names (weights from elsewhere), or
     without the sha256 it was made from (older records), is not stale."""
@@ -125,9 +145,10 @@ def stale(record: dict, exported: dict[Path, dict]) -> str | None:
     else:
         redo = (f"`bash run_all.sh` (it reruns stale KD runs) or "
                 f"`python -m pretrain {config} seed={record['seed']} --restart`")
-    return (f"{where}: skipped, stale: made from the {what} {path} with sha256 "
-            f"{_short_sha(sha)}, which pre-training has since replaced (newest record {newer}: "
-            f"sha256 {_short_sha(now)}); refresh it with {redo}")
+    return RecordWarning(f"{where}: skipped, stale: made from the {what} {path} with sha256 "
+                         f"{_short_sha(sha)}, which pre-training has since replaced (newest "
+                         f"record {newer}: sha256 {_short_sha(now)}); refresh it with {redo}",
+                         where, f"stale: made from a replaced {what}")
 
 
 def frame(records: list[dict]) -> pd.DataFrame:
@@ -141,8 +162,8 @@ def frame(records: list[dict]) -> pd.DataFrame:
     exported = exports(records)
     fresh = []
     for record in newest.values():
-        if (why := stale(record, exported)):
-            warnings.warn(why, RecordWarning, stacklevel=2)
+        if (warning := stale(record, exported)):
+            warnings.warn(warning, stacklevel=2)
         else:
             fresh.append(record)
     rows = []
@@ -165,8 +186,9 @@ def frame(records: list[dict]) -> pd.DataFrame:
     versions = data.drop_duplicates(["stage", "run_dir"]).groupby(["stage", "config"])[
         "config_hash"].nunique()
     for (_, config), count in versions[versions > 1].items():
-        warnings.warn(f"{config}: runs made from {count} different versions of the config "
-                      "(config_hash) are pooled as seeds of one result", RecordWarning,
+        warnings.warn(RecordWarning(f"{config}: runs made from {count} different versions of "
+                                    "the config (config_hash) are pooled as seeds of one result",
+                                    config, "runs of different config versions pooled"),
                       stacklevel=2)
     return data
 

@@ -86,7 +86,8 @@ def readme(data: pd.DataFrame, tables: list[Table], files: dict[str, list[Path]]
               f"- records: {', '.join(f'`{_short(s)}`' for s in sources)}"]
     lines += [f"- warning: {line}" for line in warned[:10]]
     if len(warned) > 10:
-        lines.append(f"- ... and {len(warned) - 10} more warnings (`python -m results` lists all)")
+        lines.append(f"- ... and {len(warned) - 10} more warnings (all of them in "
+                     f"[warnings.txt](warnings.txt))")
     lines += ["", "## Tables", ""]
     for table in tables:
         paths = [p for p in files["tables"] if p.stem == table.name]

@@ -111,6 +111,8 @@ def corrupt(dataset, change):
     (lambda d: d["annotations"].append(dict(d["annotations"][0])), "annotation 1 .*appears twice"),
     (lambda d: d["annotations"][0].update(iscrowd=2), "iscrowd=2"),
     (lambda d: d.pop("categories"), "no 'categories' list"),
+    (lambda d: d["images"][0].update(width="96"), "image 1000 has width='96', height=.*: expected "
+     "the image's size in pixels"),
 ])
 def test_malformed_annotations_are_named(tiny_coco, change, message):
     dataset = instances(tiny_coco)

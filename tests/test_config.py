@@ -138,6 +138,9 @@ def test_yaml_reads_floats_without_a_dot():
     (["data.held_out_per_class=-1"], "data.held_out_per_class=-1 must be >= 0"),
     (["data.max_corrupt_fraction=1"], "data.max_corrupt_fraction=1.0 must be in [0, 1)"),
     (["data.max_corrupt_fraction=-0.1"], "data.max_corrupt_fraction=-0.1 must be in [0, 1)"),
+    (["data.max_image_pixels=0"], "data.max_image_pixels=0 must be a number of pixels in [1, "
+                                  "178,956,970] (default 89,478,485; PIL refuses larger images "
+                                  "itself)"),
     (["data.color_jitter=-0.4"], "data.color_jitter=-0.4 must be >= 0"),
     (["data.synthetic.classes=0"], "data.synthetic.classes=0 must be > 0"),
     (["data.synthetic.train_per_class=-5"], "data.synthetic.train_per_class=-5 must be > 0"),
@@ -214,3 +217,71 @@ def test_a_key_added_since_a_run_was_saved_is_the_same_run_at_its_default():
     changed = {**now, "data": {**now["data"], "cutout": True}}
     assert config_diff(saved, changed, defaults=RUNS.defaults) == ["  data.cutout: '<absent>' -> True"]
     assert config_diff(now, saved, defaults=RUNS.defaults)  # a key removed is a difference
+
+
+def alias_tree(levels: int = 9, width: int = 9) -> str:
+    """A YAML list of `levels` nested anchors, each aliasing the last `width` times: a few
+    hundred characters that stand for width**levels values (the 'billion laughs')."""
+    nodes = ["&a0 [" + ",".join(["1"] * width) + "]"]
+    nodes += [f"&a{i} [" + ",".join([f"*a{i - 1}"] * width) + "]" for i in range(1, levels + 1)]
+    return "[" + ",".join(nodes) + "]"
+
+
+@pytest.mark.parametrize("key", ["optim.milestones", "name", "students.0.kwargs"])
+def test_an_alias_in_an_override_is_refused(key, capsys):
+    argv = [str(SMOKE / "independent.yaml"), f"{key}={alias_tree(levels=2)}", "--print-config"]
+    assert cli.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert not out and err.startswith(f"error: override '{key}=[&a0 [1,1,1,1,1,1,1,1,1],&a1 ")
+    assert "holds a YAML anchor or alias (&name, *name), which an override may not use: write " \
+           "the value out in full" in err and "Traceback" not in err
+
+
+@pytest.mark.timeout(60)
+def test_an_alias_tree_in_a_config_file_stops_before_it_expands(tmp_path, capsys):
+    """9**9 values in six lines: refused from the parsed document, which holds each anchor
+    once, before OmegaConf or the dump would copy them out (that took gigabytes)."""
+    import tracemalloc
+
+    path = tmp_path / "laughs.yaml"
+    path.write_text(f"_base_: {SMOKE / 'independent.yaml'}\noptim:\n  milestones: "
+                    f"{alias_tree()}\n")
+    tracemalloc.start()
+    try:
+        assert cli.main([str(path), "--print-config"]) == 2
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20
+    out, err = capsys.readouterr()
+    assert not out and err == (f"error: {path}, line 3, has YAML aliases (*name) that expand to "
+                               f"more than 100,000 values, where a config holds a few hundred: "
+                               f"write the values out, or alias fewer of them\n")
+
+
+def test_a_config_nested_2000_levels_deep_is_refused(tmp_path, capsys):
+    path = tmp_path / "deep.yaml"
+    path.write_text(f"_base_: {SMOKE / 'independent.yaml'}\nstudents:\n- arch: resnet18\n"
+                    f"  kwargs: {'{a: ' * 2000}1{'}' * 2000}\n")
+    assert cli.main([str(path), "--print-config"]) == 2
+    assert capsys.readouterr().err == (f"error: {path}, line 4, is nested more than 50 levels "
+                                       f"deep, where a config nests a few: is it the right "
+                                       f"file?\n")
+
+
+def test_a_base_that_names_no_file_is_refused(tmp_path, capsys):
+    path = tmp_path / "base.yaml"
+    path.write_text("_base_: [3]\n")
+    assert cli.main([str(path), "--print-config"]) == 2
+    assert capsys.readouterr().err == (f"error: {path}: _base_: [3] must name a config file or "
+                                       f"a list of them, as paths relative to {tmp_path} (e.g. "
+                                       f"_base_: _base.yaml, or _base_: [a.yaml, b.yaml])\n")
+
+
+def test_a_binary_file_given_as_the_config_is_refused(tmp_path, capsys):
+    path = tmp_path / "checkpoint.pth"
+    path.write_bytes(b"PK\x03\x04\x00\x00\x08\x08\x00\x00\x9c\xff" * 50)  # a torch.save zip
+    assert cli.main([str(path)]) == 2
+    assert capsys.readouterr().err == (f"error: {path} is not a text file (byte 10 is not "
+                                       f"UTF-8): a config is a YAML text file; was a "
+                                       f"checkpoint, image or archive given in its place?\n")

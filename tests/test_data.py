@@ -18,6 +18,7 @@ from kdcl_common import ConfigError, DataError, sampling
 from kdcl_common.distributed import DistContext
 from pretrain import cli, config
 from pretrain.data import loader, sources, synthetic
+from kdcl_common.images import ImageTooLarge
 from pretrain.data.batch import Undecodable
 
 from .conftest import SMOKE, TINY_DATA, tiny_overrides
@@ -274,3 +275,41 @@ def test_undecodable_files_are_counted_once_across_epochs(tmp_path, tiny_root, c
     tracker.update([Undecodable(str(v), "x") for v in victims] * 3)
     with pytest.raises(DataError, match="(?s)4 images could not be decoded.*max_corrupt"):
         tracker.update([Undecodable(str(files[1]), "x")])
+
+
+def grey_png(width: int, height: int) -> bytes:
+    """A valid 8-bit grey PNG of zeros, compressed to almost nothing whatever its size (how a
+    decompression bomb is made), written without holding the image in memory."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+
+    packer, row = zlib.compressobj(9), bytes(width + 1)  # filter byte + pixels
+    data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data)
+            + chunk(b"IEND", b""))
+
+
+def test_an_image_above_the_pixel_limit_is_skipped_without_decoding_and_counted(
+        tmp_path, tiny_root):
+    """The size comes from the header, so the limit holds for torchvision's decoders too
+    (libpng here); the file counts as undecodable, once, against data.max_corrupt_fraction."""
+    root, files = imagefolder_copy(tiny_root, tmp_path)
+    bomb = files[5].with_suffix(".png")
+    files[5].unlink()
+    bomb.write_bytes(grey_png(2000, 1500))
+    argv = [str(SMOKE / "independent.yaml"),
+            *tiny_overrides(root, tmp_path, **{"data.dataset": "imagefolder",
+                                               "data.held_out_per_class": 0,
+                                               "data.max_image_pixels": 1_000_000,
+                                               "data.max_corrupt_fraction": 0.03,
+                                               "students": "[{arch: cifar_resnet20}]"})]
+    assert cli.main(argv) == 0
+    log = (tmp_path / "runs" / "smoke" / "independent" / "seed0" / "log.txt").read_text()
+    warnings = [line for line in log.splitlines() if "skipped an image" in line]
+    assert len(warnings) == 1 and warnings[0].endswith(
+        f"skipped an image that cannot be decoded: {bomb} (ImageTooLarge: 2000x1500 = "
+        f"3,000,000 pixels, more than data.max_image_pixels=1,000,000; not decoded)")
+    with pytest.raises(ImageTooLarge, match="more than data.max_image_pixels=89,478,485"):
+        sources.decode(torch.frombuffer(bytearray(grey_png(10000, 9000)), dtype=torch.uint8))

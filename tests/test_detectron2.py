@@ -261,3 +261,87 @@ def test_detectron2_records_a_resume_and_what_may_differ(tmp_path, tiny_coco, mo
     assert record["resumes"] == 1
     assert "start again from SEED" in record["resume_note"]
     assert record["wall_seconds"] > round(first, 1) > 0
+
+
+def d2_run(root, tmp_path, config="faster_rcnn_R18_FPN_smoke.yaml", *extra):
+    backbone = make_backbone(tmp_path, "resnet18")
+    return cli.main([str(D2_CONFIGS / config), "--backbone", str(backbone),
+                     f"KDCL.DATA_ROOT={root}", "KDCL.SYNTHETIC=False", "SOLVER.MAX_ITER=2",
+                     "SOLVER.STEPS=(1,)", "SOLVER.WARMUP_ITERS=1", "SOLVER.IMS_PER_BATCH=2",
+                     "INPUT.MIN_SIZE_TRAIN=(64,)", "INPUT.MIN_SIZE_TEST=64",
+                     "DATALOADER.NUM_WORKERS=0", f"KDCL.OUTPUT_ROOT={tmp_path / 'runs'}",
+                     f"KDCL.RECORDS={tmp_path / 'records'}", *extra])
+
+
+@needs_d2
+def test_detectron2_names_a_camera_file_by_its_exif_tag(tmp_path, tiny_coco, capsys):
+    """Detectron2 itself would turn the file by its tag; images are used as stored on every
+    backend, and the stored size, against the annotation's, stops the run naming the tag."""
+    from PIL import Image
+
+    from .test_transfer_run import scenes
+
+    root, data = scenes(tiny_coco, tmp_path)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    turned = [i for i in data["images"] if i["width"] != i["height"]]
+    for info in turned:  # all of them: the first batch meets one, whatever the sampler draws
+        path = root / "train2017" / info["file_name"]
+        Image.open(path).convert("RGB").transpose(Image.Transpose.ROTATE_90).save(path,
+                                                                                  exif=exif)
+    assert d2_run(root, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert any(f"error: {root / 'train2017' / i['file_name']} is stored as {i['height']}x"
+               f"{i['width']} pixels (width x height), but image {i['id']} in its annotations "
+               f"is {i['width']}x{i['height']}: the labels would not fall on the objects. The "
+               f"file has an EXIF Orientation tag (6: rotated 90 degrees clockwise)" in err
+               for i in turned) and "Traceback" not in err, err
+
+
+@needs_d2
+def test_detectron2_reads_a_tagged_image_as_stored(tmp_path, tiny_coco):
+    """A square image keeps its size when turned: Detectron2's reader would turn it by its tag
+    and train it against boxes of the stored image. The project's mapper leaves it as stored."""
+    import numpy as np
+    from PIL import Image
+
+    from transfer.backends.detectron2 import config as d2config
+    from transfer.backends.detectron2 import launcher
+
+    path = tmp_path / "square.png"
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(path, exif=exif)
+    cfg = d2config.load(D2_CONFIGS / "faster_rcnn_R18_FPN_smoke.yaml",
+                        ["INPUT.MIN_SIZE_TEST=64", "INPUT.MAX_SIZE_TEST=64"])
+    launcher.read_as_stored()
+    mapper = launcher._mapper_class()(cfg, is_train=False)
+    sample = mapper({"file_name": str(path), "image_id": 1, "width": 64, "height": 64})
+    assert np.array_equal(sample["image"].permute(1, 2, 0).numpy(), pixels)  # RGB, as stored
+
+
+@needs_d2
+def test_detectron2_refuses_images_above_the_pixel_limit(tmp_path, tiny_coco, capsys):
+    assert d2_run(tiny_coco, tmp_path, "faster_rcnn_R18_FPN_smoke.yaml",
+                  "KDCL.MAX_IMAGE_PIXELS=6000") == 2
+    err = capsys.readouterr().err
+    assert f"{tiny_coco / 'annotations' / 'instances_train2017.json'}: " in err
+    assert "images have more than KDCL.MAX_IMAGE_PIXELS=6,000 pixels: " in err
+    assert not (tmp_path / "runs").exists()
+
+
+@needs_d2
+def test_detectron2_refuses_an_empty_segmentation_for_mask_rcnn(tmp_path, tiny_coco, capsys):
+    """Detectron2 would drop the object and train on; the torchvision backend refuses it: one
+    rule for both."""
+    from .test_transfer_run import scenes
+
+    def empty(data):
+        data["annotations"][3]["segmentation"] = []
+
+    root, data = scenes(tiny_coco, tmp_path, empty)
+    ann = data["annotations"][3]
+    assert d2_run(root, tmp_path, "mask_rcnn_R18_FPN_smoke.yaml") == 2
+    assert f"annotation {ann['id']} (image {ann['image_id']}) has an empty segmentation ([]), " \
+           f"which Mask R-CNN needs" in capsys.readouterr().err

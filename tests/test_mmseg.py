@@ -88,6 +88,36 @@ def test_unknown_override_names_the_nearest_key():
         launcher.load(EXPERIMENTS[0], ["train_cfg.max_iter=3"])
 
 
+@pytest.mark.parametrize("text,message", [
+    (b"\x89PNG\r\n\x1a\n\x00", "{path} is not a text file (byte 0 is not UTF-8): a config "
+                                "is a Python text file; was a checkpoint, image or archive "
+                                "given in its place?"),
+    (b"_base_ = [3]\n", "{path}, line 1: _base_ = [3] must name a config file or a list of "
+                        "them, e.g. _base_ = ['./_base_/upernet_torchvision.py', "
+                        "'./_base_/coco-stuff164k_80k.py']"),
+    (f"x = {'[' * 2000}{']' * 2000}\n".encode(), "{path}, line 1, is not valid Python (too "
+                                                  "many nested parentheses): an mmseg config is "
+                                                  "a Python file like those in "
+                                                  "transfer/configs/mmseg"),
+], ids=["binary", "base", "deep"])
+def test_a_config_file_that_is_no_config_is_refused(tmp_path, capsys, text, message):
+    path = tmp_path / "bad.py"
+    path.write_bytes(text)
+    assert cli.main([str(path), "--backend", "mmseg", "--backbone",
+                     str(make_backbone(tmp_path, "resnet18"))]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {message.format(path=path)}\n"
+
+
+def test_an_alias_in_an_override_is_refused(capsys):
+    assert cli.main([str(MMSEG / "sem-fpn_r18_smoke.py"), "--backbone", "unused.pth",
+                     "train_cfg.max_iters=[&n 8, *n]"]) == 2
+    assert capsys.readouterr().err == (
+        "error: override 'train_cfg.max_iters=[&n 8, *n]' holds a YAML anchor or alias "
+        "(&name, *name), which an override may not use: write the value out in full (a string "
+        "that starts with * or & must be quoted: key='\"*text\"')\n")
+
+
 def run(config, backbone, root, out, *extra, flags=()):
     return cli.main([str(MMSEG / f"{config}.py"), "--backbone", str(backbone),
                      *tiny_mmseg_overrides(root, out), *extra, *flags])
@@ -271,11 +301,100 @@ def test_images_and_labels_must_pair_up(tmp_path, tiny_coco, backbones, capsys):
 
 
 def test_a_label_of_another_size_is_named(tmp_path, tiny_coco, backbones, capsys):
+    """Found from the two headers, before either is decoded."""
     root = copy_scenes(tiny_coco, tmp_path)
     victim = sorted((root / "annotations" / "val2017").glob("*.png"))[0]
+    image = root / "images" / "val2017" / victim.name.replace("_labelTrainIds.png", ".jpg")
     Image.fromarray(np.zeros((7, 9), dtype=np.uint8)).save(victim)
     assert run("sem-fpn_r18_smoke", backbones["resnet18"], root, tmp_path) == 2
-    assert f"{victim.name} is 7x9 but its image" in capsys.readouterr().err
+    width, height = Image.open(image).size
+    assert capsys.readouterr().err.endswith(
+        f"error: {image} is stored as {width}x{height} pixels (width x height), but its label "
+        f"map {victim} is 9x7: the labels would not fall on the objects. Are these the labels "
+        f"of this image?\n")
+
+
+def scene_pair(root, split="train2017"):
+    """(image, label map) of a scene that is not square."""
+    for label in sorted((root / "annotations" / split).glob("*.png")):
+        image = root / "images" / split / label.name.replace("_labelTrainIds.png", ".jpg")
+        width, height = Image.open(image).size
+        if width != height:
+            return image, label
+    raise AssertionError("every scene is square")
+
+
+def make_square(image: Path, label: Path) -> None:
+    """Crop a scene's image and label map to the same square."""
+    side = min(Image.open(image).size)
+    for path in (image, label):
+        Image.open(path).crop((0, 0, side, side)).save(path, quality=95)
+
+
+def store_on_its_side(image: Path) -> None:
+    """Store the image's pixels rotated a quarter turn, with the EXIF tag that shows them as
+    before (a camera's file): its label map, made from the upright image, fits as shown."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to show
+    Image.open(image).transpose(Image.Transpose.ROTATE_90).save(image, exif=exif, quality=95)
+
+
+def test_a_camera_file_rotated_by_its_exif_tag_is_named(tmp_path, tiny_coco, backbones, capsys):
+    """cv2 would rotate the image by its tag and mmseg load its label map unrotated: images
+    are used as stored (as on the other backends), and the mismatch names the tag."""
+    root = copy_scenes(tiny_coco, tmp_path)
+    image, label = scene_pair(root)
+    width, height = Image.open(image).size
+    store_on_its_side(image)
+    assert run("sem-fpn_r18_smoke", backbones["resnet18"], root, tmp_path,
+               "train_dataloader.sampler.shuffle=False") == 2
+    err = capsys.readouterr().err
+    assert (f"error: {image} is stored as {height}x{width} pixels (width x height), but its "
+            f"label map {label} is {width}x{height}: the labels would not fall on the objects. "
+            f"The file has an EXIF Orientation tag (6: rotated 90 degrees clockwise), which "
+            f"viewers apply and kdcl-bench does not") in err and "Traceback" not in err
+
+
+def test_an_exif_tag_does_not_rotate_a_square_image_away_from_its_label(tmp_path, tiny_coco):
+    """A square image fits its label map either way: mmcv's default (cv2, 'color') would
+    rotate the image by its tag, not its label map, and train on them misaligned."""
+    import cv2
+    from mmseg.registry import DATASETS
+
+    from transfer.backends.mmseg import extensions  # noqa: F401  registers the transforms
+
+    root = copy_scenes(tiny_coco, tmp_path)
+    image, label = scene_pair(root)
+    make_square(image, label)
+    store_on_its_side(image)
+    cfg = launcher.load(MMSEG / "sem-fpn_r18_smoke.py",
+                        [f"train_dataloader.dataset.data_root={root}"])
+    dataset = cfg.train_dataloader.dataset
+    dataset.pipeline = dataset.pipeline[:2]  # the image and the label map, as loaded
+    loaded = DATASETS.build(dataset)
+    (sample,) = [loaded[i] for i in range(len(loaded)) if loaded[i]["img_path"] == str(image)]
+    stored = cv2.imread(str(image), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    assert np.array_equal(sample["img"], stored)
+    assert not np.array_equal(stored, cv2.imread(str(image), cv2.IMREAD_COLOR))  # cv2 rotates
+
+
+def test_an_image_above_the_pixel_limit_is_refused_unread(tmp_path, tiny_coco, backbones,
+                                                          capsys):
+    images = sorted((tiny_coco / "images" / "train2017").glob("*.jpg"))
+    sizes = [Image.open(path).size for path in images]
+    limit = min(w * h for w, h in sizes) - 1  # every image is above it: the first one stops
+    assert run("sem-fpn_r18_smoke", backbones["resnet18"], tiny_coco, tmp_path,
+               "train_dataloader.sampler.shuffle=False", f"kdcl.max_image_pixels={limit}") == 2
+    (width, height) = sizes[0]
+    assert capsys.readouterr().err.endswith(
+        f"error: {images[0]}: {width}x{height} = {width * height:,} pixels, more than "
+        f"kdcl.max_image_pixels={limit:,}; not decoded. Shrink or remove the image (with its "
+        f"label map), or raise kdcl.max_image_pixels in the config\n")
+    assert run("sem-fpn_r18_smoke", backbones["resnet18"], tiny_coco, tmp_path,
+               "kdcl.max_image_pixels=0") == 2
+    assert capsys.readouterr().err == ("error: kdcl.max_image_pixels=0 must be a number of "
+                                       "pixels in [1, 178,956,970] (default 89,478,485; PIL "
+                                       "refuses larger images itself)\n")
 
 
 def test_a_backbone_that_does_not_fit(tmp_path, tiny_coco, capsys):

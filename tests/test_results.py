@@ -7,6 +7,7 @@ paper and parameter columns, ONE/CLNN rows, and Fig. 4's gaps against hand compu
 records that lack the newer fields."""
 import json
 import math
+import re
 import os
 import stat
 import warnings
@@ -225,7 +226,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     figures = {p.name for p in (out / "figures").iterdir()}
     assert {"delta_pretrain_cifar.png", "curves_pretrain_cifar.png"} <= figures
     assert (out / "figures" / "curves_pretrain_cifar.png").read_bytes()[:4] == b"\x89PNG"
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [".build.lock"]
 
     csv = pd.read_csv(out / "tables" / "pretrain_cifar.csv")
     row = csv[(csv["method"] == "kdcl_general")].iloc[0]
@@ -797,3 +798,178 @@ def test_records_without_the_new_fields_still_tabulate():
     assert "–" in render.markdown(table)
     built = build_tables(items)
     assert "pretrain_paper_imagenet_r18" in built and "cost" in built
+
+
+# --out that cannot take the output, concurrent builds, many warnings, a kill between renames
+def test_an_out_that_is_a_file_is_an_error(tmp_path, capsys):
+    source = write_jsonl(tmp_path / "records.jsonl", cifar_records())
+    out = tmp_path / "report.md"
+    out.write_text("mine")
+    assert main(["--records", str(source), "--out", str(out), "--no-figures"]) == 2
+    assert capsys.readouterr().err == (f"python -m results: error: --out {out} is a file, not a "
+                                       f"folder: give the folder where tables/, figures/ and "
+                                       f"README.md go (default: results/)\n")
+    assert out.read_text() == "mine"
+
+
+@pytest.fixture()
+def read_only_folder(tmp_path):
+    """A folder this process cannot write: by its mode, or for root (whom modes do not stop)
+    a read-only file system mounted on it, where the system allows."""
+    import subprocess
+
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)],
+                           capture_output=True)
+    if mount.returncode:
+        pytest.skip("running as root and cannot mount a read-only file system")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_read_only_out_is_an_error(tmp_path, read_only_folder, capsys):
+    source = write_jsonl(tmp_path / "records.jsonl", cifar_records())
+    out = read_only_folder / "report"
+    assert main(["--records", str(source), "--out", str(out), "--no-figures"]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(f"python -m results: error: --out {out} cannot be written \\((a "
+                        f"read-only file system|no write permission) at {read_only_folder}\\): "
+                        f"give a folder you can write to, e.g. --out /tmp/report\n", err), err
+
+
+def test_a_full_disk_keeps_the_previous_output_and_says_so(tmp_path, capsys, monkeypatch):
+    import errno
+
+    source = write_jsonl(tmp_path / "records.jsonl", cifar_records())
+    out = tmp_path / "out"
+    assert main(["--records", str(source), "--out", str(out), "--no-figures"]) == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    written = render.write
+
+    def full(table, folder):  # the disk fills up in the middle of the tables
+        if any(folder.iterdir()):
+            raise OSError(errno.ENOSPC, "No space left on device", str(folder / table.name))
+        return written(table, folder)
+
+    monkeypatch.setattr(render, "write", full)
+    capsys.readouterr()
+    assert main(["--records", str(source), "--out", str(out), "--no-figures"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"python -m results: error: no space left on the device to write the "
+                   f"results in {out}: tables/, figures/ and README.md are each the previous one "
+                   f"or the new one, whole (nothing half written); free space and run `python -m "
+                   f"results` again, or give another --out\n")
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # and no temporary folder left
+
+
+def test_two_builds_at_once_on_one_out_both_succeed(tmp_path):
+    """The second waits for the first (it used to delete the first's temporary folder: a
+    FileNotFoundError); the lock is held here so that both start while it is taken."""
+    import fcntl
+    import subprocess
+    import sys
+    import time
+
+    source = write_jsonl(tmp_path / "records.jsonl", cifar_records())
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = open(out / build.LOCK, "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    command = [sys.executable, "-m", "results", "--records", str(source), "--out", str(out),
+               "--no-figures"]
+    procs = [subprocess.Popen(command, cwd=collect.REPO_ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    waiting = f"waiting for another `python -m results` writing to {out} to finish\n"
+    deadline = time.time() + 60
+    lines = [p.stdout.readline() for p in procs]  # each says it waits, holding nothing
+    assert lines == [waiting, waiting] and time.time() < deadline, lines
+    lock.close()
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0 and "Traceback" not in stderr, stderr
+        assert f"tables (md, csv, tex) in {out / 'tables'}" in stdout
+    assert {p.name for p in (out / "tables").iterdir()} >= {"pretrain_cifar.md", "cost.csv"}
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [build.LOCK]
+
+
+def test_many_warnings_are_counted_by_kind_with_the_full_list_in_a_file(tmp_path, capsys):
+    good = cifar_records()
+    bad = ["{not json"] * 300 + [{**good[0], "seed": "one"}] * 200 + \
+          [{k: v for k, v in good[1].items() if k != "config"}] * 100
+    source = write_jsonl(tmp_path / "records.jsonl", [*good, *bad])
+    out = tmp_path / "out"
+    assert main(["--records", str(source), "--out", str(out), "--no-figures"]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines()
+               if line.startswith("warning:")]
+    first = len(good) + 1
+    assert printed[0] == f"warning: 600 warnings, all of them in {out / 'warnings.txt'}; by kind:"
+    assert printed[1] == (f"warning:   300 x not JSON: {source}:{first}, {source}:{first + 1}, "
+                          f"{source}:{first + 2}, ...; e.g. {source}:{first}: skipped, not JSON "
+                          f"(Expecting property name enclosed in double quotes)")
+    assert printed[2].startswith(f"warning:   200 x seed not an integer: {source}:{first + 300}")
+    assert printed[2].endswith(f"e.g. {source}:{first + 300}: skipped, seed is 'one', not an "
+                               f"integer")
+    assert printed[3].startswith(f"warning:   100 x missing config: {source}:{first + 500}")
+    assert len(printed) == 4
+    listed = (out / "warnings.txt").read_text().splitlines()
+    assert len(listed) == 600 and listed[-1] == f"{source}:{first + 599}: skipped, missing config"
+    readme = (out / "README.md").read_text()
+    assert "- ... and 590 more warnings (all of them in [warnings.txt](warnings.txt))" in readme
+    write_jsonl(source, good)  # fixed: the list goes, so that it cannot mislead
+    assert main(["--records", str(source), "--out", str(out), "--no-figures"]) == 0
+    assert not (out / "warnings.txt").exists()
+
+
+def test_tables_stay_in_place_while_the_new_ones_are_swapped_in(tmp_path, monkeypatch):
+    """Where the file system can exchange two folders atomically (Linux: ext4, xfs, tmpfs,
+    ...), the old tables are never moved aside: a kill at any moment leaves a whole folder."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    if not build._exchange(a, b):
+        pytest.skip("this file system cannot exchange two folders atomically")
+    target = tmp_path / "tables"
+    target.mkdir()
+    (target / "old.md").write_text("old")
+    renames = []
+    real_rename = os.rename
+    monkeypatch.setattr(os, "rename", lambda *args: (renames.append(args), real_rename(*args)))
+    with build.staged(target) as tmp:
+        (tmp / "new.md").write_text("new")
+    assert not [args for args in renames if str(target) in map(str, args)]
+    assert [p.name for p in target.iterdir()] == ["new.md"]
+
+
+def test_a_kill_between_the_two_renames_loses_no_tables(tmp_path, monkeypatch):
+    """Where folders can only be renamed, a build killed between moving the old tables aside
+    and moving the new ones in leaves both hidden; the next build puts the new ones (complete:
+    the old ones are moved only then) back in place first, even when it fails itself."""
+    target = tmp_path / "tables"
+    target.mkdir()
+    (target / "old.md").write_text("old")
+    monkeypatch.setattr(build, "_exchange", lambda a, b: False, raising=False)
+    real_rename, calls = os.rename, []
+
+    def killed(src, dst):  # the second rename never happens
+        calls.append(src)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", killed)
+    with pytest.raises(KeyboardInterrupt), build.staged(target) as tmp:
+        (tmp / "new.md").write_text("new")
+    monkeypatch.setattr(os, "rename", real_rename)
+    assert not target.exists()  # the moment of the kill
+    with pytest.raises(RuntimeError), build.staged(target) as tmp:
+        raise RuntimeError("the next build fails while rendering")
+    assert [p.read_text() for p in target.iterdir()] == ["new"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tables"]

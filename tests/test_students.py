@@ -117,3 +117,60 @@ def test_a_pth_with_code_in_it_is_refused_by_name_without_unsafe_advice(tmp_path
     identity.metadata_path(weights).write_text(json.dumps({**meta, "sha256": sha256_file(weights)}))
     with pytest.raises(KdclError, match="cannot be read as a PyTorch state_dict"):
         artifact.load(weights)
+
+
+def backbone_commands(tmp_path, tiny_root, backbone):
+    """The three commands that read a backbone's .json: transfer, KD (the teacher) and the
+    noise evaluation."""
+    from pretrain import cli as pretrain_cli
+    from pretrain import robustness
+    from transfer import cli as transfer_cli
+
+    from .conftest import REPO, SMOKE, tiny_overrides
+
+    return {
+        "transfer": lambda: transfer_cli.main(
+            [str(REPO / "transfer/configs/torchvision/smoke_faster_rcnn_fpn.yaml"),
+             "--backbone", str(backbone), f"output_root={tmp_path / 'runs'}",
+             f"records={tmp_path / 'records'}", f"data.root={tmp_path / 'scenes'}"]),
+        "kd": lambda: pretrain_cli.main(
+            [str(SMOKE / "independent.yaml"), *tiny_overrides(tiny_root, tmp_path),
+             "method.name=kd", f"method.teacher={backbone}"]),
+        "robustness": lambda: robustness.main(
+            [str(backbone), "--records", str(tmp_path / "records"), "--device", "cpu"]),
+    }
+
+
+AGAIN = ("export the backbone again with `python -m pretrain` (or kdcl_common.artifact.save), "
+         "or restore the .json it wrote")
+
+
+@pytest.mark.parametrize("command", ["transfer", "kd", "robustness"])
+def test_a_backbone_json_that_is_not_an_object_is_named(tmp_path, tiny_root, capsys, command):
+    from .conftest import make_backbone
+
+    backbone = make_backbone(tmp_path / "export", "resnet18")
+    backbone.with_suffix(".json").write_text("[1, 2]\n")
+    assert backbone_commands(tmp_path, tiny_root, backbone)[command]() == 2
+    assert capsys.readouterr().err.endswith(
+        f"error: backbone metadata {backbone.with_suffix('.json')} holds an array ([1, 2]), not "
+        f"a JSON object ({{\"format\": \"kdcl-bench/backbone-v1\", \"architecture\": ...}}): "
+        f"{AGAIN}\n")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "records").exists()
+
+
+@pytest.mark.parametrize("command", ["transfer", "kd", "robustness"])
+def test_string_constructor_kwargs_in_a_backbone_json_are_named(tmp_path, tiny_root, capsys,
+                                                                command):
+    from .conftest import make_backbone
+
+    backbone = make_backbone(tmp_path / "export", "resnet18")
+    meta_file = backbone.with_suffix(".json")
+    meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()),
+                                     "constructor_kwargs": "num_classes=10"}))
+    assert backbone_commands(tmp_path, tiny_root, backbone)[command]() == 2
+    assert capsys.readouterr().err.endswith(
+        f"error: backbone metadata {meta_file}: constructor_kwargs is a string "
+        f"(\"num_classes=10\"), not an object (e.g. \"constructor_kwargs\": {{\"num_classes\": "
+        f"1000}}): {AGAIN}\n")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "records").exists()

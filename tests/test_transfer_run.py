@@ -8,6 +8,7 @@ import pytest
 from transfer import cli
 
 from .conftest import REPO, make_backbone, torchrun, tiny_transfer_overrides, read_records
+from .test_config import alias_tree
 
 TV = REPO / "transfer" / "configs" / "torchvision"
 
@@ -95,6 +96,26 @@ def test_bad_input_messages(tmp_path, tiny_coco, backbones, capsys):
     assert run("smoke_faster_rcnn_fpn", backbone, tiny_coco, tmp_path, "name=../x") == 2
     assert "name='../x' must be a relative path" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("text,message", [
+    (b"PK\x03\x04\x9c\xff", "{path} is not a text file (byte 4 is not UTF-8): a config is a "
+                            "YAML text file; was a checkpoint, image or archive given in its "
+                            "place?"),
+    (b"_base_: [3]\n", "{path}: _base_: [3] must name a config file or a list of them, as "
+                       "paths relative to {folder}"),
+    (f"a: {'[' * 2000}{']' * 2000}\n".encode(), "{path} is nested more than 50 levels deep"),
+    (f"_base_: _base_/smoke.yaml\nx: {alias_tree()}\n".encode(),
+     "{path}, line 2, has YAML aliases (*name) that expand to more than 100,000 values"),
+], ids=["binary", "base", "deep", "aliases"])
+def test_a_config_file_that_is_no_config_is_refused(tmp_path, backbones, capsys, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(text)
+    assert cli.main([str(path), "--backend", "torchvision", "--backbone",
+                     str(backbones["resnet18"])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: " + message.format(path=path, folder=tmp_path)), err
+    assert "Traceback" not in err
 
 
 def test_syncbn_falls_back_with_a_warning(tmp_path, tiny_coco, backbones, capsys):
@@ -298,3 +319,121 @@ def test_after_a_nan_stop_resume_accepts_a_lower_learning_rate(tmp_path, tiny_co
     (record,) = records(tmp_path)
     assert record["config_changes"][0]["diff"] == ["  optim.lr: 0.01 -> 0.005"]
     assert record["resumes"] == 1
+
+
+def scenes(tiny_coco, tmp_path, change=None):
+    """A copy of the tiny scenes; `change(data)` edits its training annotations."""
+    root = tmp_path / "coco"
+    shutil.copytree(tiny_coco, root, symlinks=True)
+    file = root / "annotations" / "instances_train2017.json"
+    data = json.loads(file.read_text())
+    if change is not None:
+        change(data)
+        file.write_text(json.dumps(data))
+    return root, data
+
+
+def oblong(data) -> dict:
+    """A training image that is not square."""
+    return next(i for i in data["images"] if i["width"] != i["height"])
+
+
+def test_a_camera_file_rotated_by_its_exif_tag_is_named(tmp_path, tiny_coco, backbones, capsys):
+    """Stored on its side, shown upright by its EXIF Orientation tag, annotated as shown: the
+    boxes would fall beside the objects (images are used as stored, as COCO's tools read
+    them), so the stored size, checked against the annotation, stops the run."""
+    from PIL import Image, ImageOps
+
+    root, data = scenes(tiny_coco, tmp_path)
+    info = oblong(data)
+    path = root / "train2017" / info["file_name"]
+    shown = Image.open(path).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to show
+    shown.transpose(Image.Transpose.ROTATE_90).save(path, exif=exif)
+    assert ImageOps.exif_transpose(Image.open(path)).size == shown.size
+    assert run("smoke_faster_rcnn_fpn", backbones["resnet18"], root, tmp_path,
+               "data.dataset=coco") == 2
+    err = capsys.readouterr().err
+    annotations = root / "annotations" / "instances_train2017.json"
+    assert (f"error: {path} is stored as {info['height']}x{info['width']} pixels (width x "
+            f"height), but image {info['id']} in {annotations} is {info['width']}x"
+            f"{info['height']}: the labels would not fall on the objects. The file has an EXIF "
+            f"Orientation tag (6: rotated 90 degrees clockwise), which viewers apply and "
+            f"kdcl-bench does not: images are used as stored, as COCO's images are and as "
+            f"COCO's tools read them. Rotate the file's pixels upright and drop the tag (e.g. "
+            f"`exiftran -ai FILE`, or PIL's ImageOps.exif_transpose, then save), or label the "
+            f"image as stored.") in err and "Traceback" not in err
+
+
+def test_an_image_of_another_size_than_its_annotation_is_named(tmp_path, tiny_coco, backbones,
+                                                               capsys):
+    from PIL import Image
+
+    root, data = scenes(tiny_coco, tmp_path)
+    info = oblong(data)
+    path = root / "train2017" / info["file_name"]
+    Image.open(path).convert("RGB").resize((info["width"] * 3, info["height"] * 2)).save(path)
+    assert run("smoke_faster_rcnn_fpn", backbones["resnet18"], root, tmp_path,
+               "data.dataset=coco") == 2
+    assert (f"{path} is stored as {info['width'] * 3}x{info['height'] * 2} pixels (width x "
+            f"height), but image {info['id']} in ") in capsys.readouterr().err
+
+
+def test_images_above_the_pixel_limit_are_refused_before_training(tmp_path, tiny_coco,
+                                                                   backbones, capsys):
+    root, data = scenes(tiny_coco, tmp_path)
+    large = [i for i in data["images"] if i["width"] * i["height"] > 6000]
+    assert run("smoke_faster_rcnn_fpn", backbones["resnet18"], root, tmp_path,
+               "data.dataset=coco", "data.max_image_pixels=6000") == 2
+    err = capsys.readouterr().err
+    first = large[0]
+    assert (f"error: {root / 'annotations' / 'instances_train2017.json'}: {len(large)} images "
+            f"have more than data.max_image_pixels=6,000 pixels: {first['file_name']} "
+            f"({first['width']}x{first['height']}), ") in err
+    assert "shrink these images (and their annotations), remove them, or raise " \
+           "data.max_image_pixels." in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_empty_segmentation_is_refused_for_mask_rcnn(tmp_path, tiny_coco, backbones, capsys):
+    """pycocotools fails on `segmentation: []` with an IndexError in a data worker, mid-run:
+    it is found when the annotations are checked, like the other malformed ones."""
+    def empty(data):
+        data["annotations"][3]["segmentation"] = []
+
+    root, data = scenes(tiny_coco, tmp_path, empty)
+    ann = data["annotations"][3]
+    assert run("smoke_mask_rcnn_fpn", backbones["resnet18"], root, tmp_path,
+               "data.dataset=coco") == 2
+    assert capsys.readouterr().err.endswith(
+        f"error: {root / 'annotations' / 'instances_train2017.json'}: annotation {ann['id']} "
+        f"(image {ann['image_id']}) has an empty segmentation ([]), which Mask R-CNN needs: "
+        f"give it its polygons or RLE, remove the annotation, or train Faster R-CNN (boxes "
+        f"only)\n")
+    assert not (tmp_path / "runs").exists()
+    assert run("smoke_faster_rcnn_fpn", backbones["resnet18"], root, tmp_path,
+               "data.dataset=coco", "optim.epochs=1") == 0  # boxes only: fine
+
+
+def test_an_image_file_that_cannot_be_read_is_named(tmp_path, tiny_coco, backbones, capsys):
+    root, data = scenes(tiny_coco, tmp_path)
+    info = data["images"][0]
+    path = root / "train2017" / info["file_name"]
+    path.write_bytes(b"not an image")
+    assert run("smoke_faster_rcnn_fpn", backbones["resnet18"], root, tmp_path,
+               "data.dataset=coco") == 2
+    err = capsys.readouterr().err
+    assert f"error: {path} cannot be read as an image (UnidentifiedImageError: cannot identify " \
+           f"image file '{path}'): repair or replace it, or remove image {info['id']} in " \
+           f"{root / 'annotations' / 'instances_train2017.json'}\n" in err, err
+
+
+def test_the_pixel_limit_is_no_part_of_a_run_s_identity(tmp_path, tiny_coco, backbones, capsys):
+    """It only refuses a run before it starts: another limit, or a run folder written before
+    the key existed, is the same run."""
+    backbone = backbones["resnet18"]
+    assert run("smoke_faster_rcnn_fpn", backbone, tiny_coco, tmp_path) == 0
+    assert run("smoke_faster_rcnn_fpn", backbone, tiny_coco, tmp_path,
+               "data.max_image_pixels=1000000", flags=["--resume"]) == 0
+    assert "is already finished" in capsys.readouterr().err

@@ -293,3 +293,16 @@ def test_decode_on_device_needs_files():
                                  np.zeros(2, np.int64))
     with pytest.raises(ConfigError, match="decoded already: use data.decode=cpu"):
         loader.check_decode(cfg.data, arrays)
+
+
+def test_an_image_above_the_pixel_limit_is_left_out_on_both_decode_paths(mixed_root):
+    """data.decode=device reads only the JPEG's header in the worker, and the device would
+    decode the whole image: the limit is checked there too, before anything is decoded."""
+    victim = sorted((mixed_root / "train").rglob("*.jpg"))[7]
+    victim.write_bytes(encode(smooth_image(1000, 1200, 3)))
+    for decode in ("cpu", "device"):
+        _, data = build(mixed_root, decode, **{"data.max_image_pixels": 1_000_000})
+        batch = next(iter(data.train))
+        assert batch.bad == [(str(victim), "ImageTooLarge: 1200x1000 = 1,200,000 pixels, more "
+                                           "than data.max_image_pixels=1,000,000; not decoded")]
+        assert batch.labels.numel() == 47, decode

@@ -14,7 +14,6 @@ and the device decodes and crops the whole batch (on_device.py).
 """
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +21,11 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from kdcl_common import ConfigError, DataError
 from kdcl_common.distributed import DistContext, barrier
+from kdcl_common.images import open_within
 from kdcl_common.sampling import GlobalBatchSampler, ShardSampler, sample_seed
 
 from ..config import DataConfig
@@ -36,9 +35,10 @@ from .on_device import InputPipeline
 from .views import Policy, crop_views, eval_policy, normalization, train_policy
 
 
-def _jpeg_header(data: torch.Tensor) -> tuple[int, int] | None:
-    """(height, width) of a JPEG the device decoder takes (RGB or grey), else None."""
-    with Image.open(io.BytesIO(data.numpy().tobytes())) as image:
+def _jpeg_header(data: torch.Tensor, max_pixels: int) -> tuple[int, int] | None:
+    """(height, width) of a JPEG the device decoder takes (RGB or grey), else None;
+    ImageTooLarge above `max_pixels` (the device would decode it whole)."""
+    with open_within(data.numpy().tobytes(), max_pixels, sources.LIMIT_KEY) as image:
         if image.format == "JPEG" and image.mode in ("RGB", "L"):
             return image.height, image.width
     return None
@@ -65,11 +65,11 @@ class ViewsDataset(Dataset):
         try:
             if self.encoded:
                 data = self.source.read(index)
-                size = _jpeg_header(data)
+                size = _jpeg_header(data, self.source.max_pixels)
                 if size is not None:
                     return Sample(label, self.policy.draw(rng, *size, self.views), encoded=data,
                                   size=size, name=self.source.describe(index))
-                image = sources.decode(data)
+                image = sources.decode(data, self.source.max_pixels)
             else:
                 image = self.source.load(index)
         except sources.DECODE_ERRORS as e:
@@ -123,7 +123,7 @@ def load_sources(cfg: DataConfig, ctx: DistContext):
             synthetic.generate(cfg.root, s.classes, s.train_per_class, s.val_per_class,
                                s.image_size, s.seed)
         barrier()
-    train, val = sources.imagefolder_splits(cfg.root)
+    train, val = sources.imagefolder_splits(cfg.root, cfg.max_image_pixels)
     name = "synthetic" if cfg.dataset == "synthetic" else os.path.basename(os.path.normpath(cfg.root))
     return train, val, name
 
@@ -187,9 +187,10 @@ def build(cfg: DataConfig, views: int, global_batch: int, seed: int, ctx: DistCo
 
 
 class CorruptImageTracker:
-    """Undecodable images: each file is skipped and warned about once, however often it is
-    read (every epoch, in several loaders); the run stops when more than `max_fraction` of the
-    dataset's images turn out to be undecodable."""
+    """Undecodable images, and those above data.max_image_pixels (not decoded): each file is
+    skipped and warned about once, however often it is read (every epoch, in several loaders);
+    the run stops when more than `max_fraction` of the dataset's images turn out to be
+    unusable."""
 
     def __init__(self, dataset_size: int, max_fraction: float, logger):
         self.limit = max_fraction * dataset_size
@@ -208,4 +209,5 @@ class CorruptImageTracker:
             raise DataError(f"{len(self.bad)} images could not be decoded, more than "
                             f"data.max_corrupt_fraction={self.max_fraction} of the dataset:\n  "
                             f"{listing}{more}\nRepair or remove these files (or raise "
-                            f"data.max_corrupt_fraction).")
+                            f"data.max_corrupt_fraction; for images above "
+                            f"data.max_image_pixels, raise that).")

@@ -3,7 +3,6 @@ pickles. A source knows its classes and labels and decodes one image at a time; 
 and batching live elsewhere (pretrain/data/loader.py)."""
 from __future__ import annotations
 
-import io
 import os
 import pickle
 from dataclasses import dataclass
@@ -15,14 +14,18 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_image, read_file
 
 from kdcl_common import DataError
+from kdcl_common.images import MAX_PIXELS, ImageTooLarge, open_within
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-# What a file that cannot be decoded raises: PIL (truncated, not an image, bad header) and
-# torchvision's decoders (RuntimeError).
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, RuntimeError, Image.DecompressionBombError)
+# What a file that cannot be decoded raises: PIL (truncated, not an image, bad header),
+# torchvision's decoders (RuntimeError), and an image above the pixel limit (ImageTooLarge).
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, RuntimeError, Image.DecompressionBombError,
+                 ImageTooLarge)
+LIMIT_KEY = "data.max_image_pixels"
 # Signatures of the formats torchvision decodes itself (libjpeg-turbo, libpng, libwebp); the
-# others (BMP, TIFF, PPM) go through PIL.
-_NATIVE = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"RIFF")
+# others (BMP, TIFF, PPM, and GIF, of which PIL decodes only the first frame where torchvision
+# decodes them all) go through PIL.
+_NATIVE = (b"\xff\xd8\xff", b"\x89PNG", b"RIFF")
 # PIL's modes of 16-bit grey images (TIFF and PNG: I;16...; PGM with maxval > 255: I), which
 # convert("RGB") would clip at 255 instead of scaling.
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -33,18 +36,17 @@ def read_bytes(path: str) -> torch.Tensor:
     return read_file(path)
 
 
-def decode(data: torch.Tensor) -> torch.Tensor:
-    """Encoded bytes -> uint8 [3, H, W] RGB. Grey, palette, CMYK and alpha images are
-    converted to RGB (alpha dropped); 16-bit images are scaled to 8 bits as torchvision's
+def decode(data: torch.Tensor, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """Encoded bytes -> uint8 [3, H, W] RGB, as stored (EXIF orientation is not applied:
+    kdcl_common/images.py). Grey, palette, CMYK and alpha images are converted to RGB (alpha
+    dropped); 16-bit images are scaled to 8 bits as torchvision's
     `to_dtype(image, torch.uint8, scale=True)` does (value >> 8: 65535 -> 255); an animated
     image gives its first frame. Raises one of DECODE_ERRORS for a file that is truncated or
-    not an image."""
-    if bytes(data[:4].numpy()).startswith(_NATIVE):
-        image = decode_image(data, mode=ImageReadMode.RGB)  # uint16 for 16-bit PNGs
-        if image.ndim == 4:  # an animated GIF: [frames, 3, H, W]
-            image = image[0]
-        return _to_uint8(image)
-    with Image.open(io.BytesIO(data.numpy().tobytes())) as image:
+    not an image, or (ImageTooLarge, before decoding) whose header gives more than
+    `max_pixels` pixels."""
+    with open_within(data.numpy().tobytes(), max_pixels, LIMIT_KEY) as image:
+        if bytes(data[:4].numpy()).startswith(_NATIVE):
+            return _to_uint8(decode_image(data, mode=ImageReadMode.RGB))  # uint16: 16-bit PNG
         if image.mode in _SIXTEEN_BIT_MODES:
             grey = np.clip(np.asarray(image).astype(np.int32), 0, 65535) >> 8
             return torch.from_numpy(grey.astype(np.uint8)).expand(3, -1, -1).contiguous()
@@ -69,9 +71,10 @@ class FolderSource:
     classes: list[str]
     paths: list[str]
     targets: np.ndarray
+    max_pixels: int = MAX_PIXELS  # larger images are not decoded (data.max_image_pixels)
 
     @classmethod
-    def scan(cls, root: str | os.PathLike) -> "FolderSource":
+    def scan(cls, root: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> "FolderSource":
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"image folder {root} does not exist (expected {root}/<class>/<image>)")
@@ -88,7 +91,7 @@ class FolderSource:
                                 f"({', '.join(IMAGE_EXTENSIONS)}): add its images or remove it")
             paths += files
             targets += [label] * len(files)
-        return cls(root, classes, paths, np.asarray(targets, dtype=np.int64))
+        return cls(root, classes, paths, np.asarray(targets, dtype=np.int64), max_pixels)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -99,7 +102,7 @@ class FolderSource:
 
     def load(self, i: int) -> torch.Tensor:
         """Image `i` decoded: uint8 [3, H, W]."""
-        return decode(self.read(i))
+        return decode(self.read(i), self.max_pixels)
 
     def describe(self, i: int) -> str:
         return self.paths[i]
@@ -124,7 +127,8 @@ class ArraySource:
         return f"{self.name}[{i}]"
 
 
-def imagefolder_splits(root: str | os.PathLike) -> tuple[FolderSource, FolderSource]:
+def imagefolder_splits(root: str | os.PathLike,
+                       max_pixels: int = MAX_PIXELS) -> tuple[FolderSource, FolderSource]:
     """The ImageNet layout: `root/train/<class>/*` and `root/val/<class>/*` with the same classes."""
     root = Path(root)
     if not root.is_dir():
@@ -135,7 +139,7 @@ def imagefolder_splits(root: str | os.PathLike) -> tuple[FolderSource, FolderSou
             raise DataError(f"{root} has no {split}/ folder: the ImageNet layout is "
                             f"{root}/train/<class>/<image> and {root}/val/<class>/<image> "
                             f"(sort ImageNet's val images into class folders first)")
-    train, val = FolderSource.scan(root / "train"), FolderSource.scan(root / "val")
+    train, val = (FolderSource.scan(root / split, max_pixels) for split in ("train", "val"))
     if train.classes != val.classes:
         only_train = sorted(set(train.classes) - set(val.classes))[:5]
         only_val = sorted(set(val.classes) - set(train.classes))[:5]

@@ -1,6 +1,9 @@
 """COCO 2017 instances for torchvision's detection models: the real layout
 (`root/{train,val}2017/`, `root/annotations/instances_{train,val}2017.json`), checked before
-training so that a malformed annotation is reported by its id, not by a crash hours later."""
+training so that a malformed annotation is reported by its id, not by a crash hours later.
+Images are used as stored, EXIF orientation ignored (kdcl_common/images.py): each file's stored
+size must be the one its annotations give, which is checked from its header before its pixels
+are decoded."""
 from __future__ import annotations
 
 import contextlib
@@ -11,16 +14,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
 from kdcl_common import DataError
+from kdcl_common.images import HARD_LIMIT, MAX_PIXELS, ImageTooLarge, open_within, size_mismatch
 from kdcl_common.sampling import sample_seed
 
 from .layout import LAYOUT
+
+LIMIT_KEY = "data.max_image_pixels"
 
 
 def split_paths(root: str | os.PathLike, split: str) -> tuple[Path, Path]:
@@ -60,6 +65,10 @@ def validate(dataset: dict, source: Path | str = "annotations") -> None:
         where = f"{source}: image {image.get('id', '?')}"
         if not all(k in image for k in ("id", "file_name", "width", "height")):
             raise DataError(f"{where} lacks one of id, file_name, width, height")
+        if not all(isinstance(image[k], int) and not isinstance(image[k], bool) and image[k] > 0
+                   for k in ("width", "height")):
+            raise DataError(f"{where} has width={image['width']!r}, height={image['height']!r}: "
+                            f"expected the image's size in pixels (positive integers)")
         if image["id"] in images:
             raise DataError(f"{where} appears twice")
         images[image["id"]] = image
@@ -86,6 +95,56 @@ def validate(dataset: dict, source: Path | str = "annotations") -> None:
         if ann.get("iscrowd", 0) not in (0, 1):
             raise DataError(f"{where} has iscrowd={ann.get('iscrowd')}: expected 0 or 1")
         _validate_segmentation(ann.get("segmentation"), image, where)
+
+
+def check_image_sizes(coco: COCO, annotation_file: Path, max_pixels: int, key: str) -> None:
+    """Refuse, before training, the images whose annotated size exceeds the pixel limit (each
+    file's header must then give that size: CocoDetection checks it before decoding)."""
+    large = [img for img in coco.dataset["images"]
+             if img["width"] * img["height"] > max_pixels]
+    if large:
+        shown = ", ".join(f"{img['file_name']} ({img['width']}x{img['height']})"
+                          for img in large[:5])
+        more = f" and {len(large) - 5} more" if len(large) > 5 else ""
+        raise DataError(f"{annotation_file}: {len(large)} images have more than {key}="
+                        f"{max_pixels:,} pixels: {shown}{more}. Decoding one takes about 3 bytes "
+                        f"per pixel in every data worker: shrink these images (and their "
+                        f"annotations), remove them, or raise {key}.")
+
+
+@contextlib.contextmanager
+def open_as_annotated(file: Path, info: dict, annotation_file: Path | str):
+    """The image `file` opened by PIL (its header only) once its stored size is known to be
+    its annotation's (`info`): else a DataError, naming its EXIF orientation when that explains
+    the difference. Decoding it is then bounded as its annotation is (check_image_sizes)."""
+    what = f"image {info['id']} in {annotation_file}"
+    opened = contextlib.ExitStack()
+    try:
+        image = opened.enter_context(open_within(file, HARD_LIMIT, "PIL's limit"))
+    except ImageTooLarge as e:
+        raise DataError(f"{file} is not the {info['width']}x{info['height']} {what}: its header "
+                        f"gives {e}") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{file} cannot be read as an image ({type(e).__name__}: {e}): repair "
+                        f"or replace it, or remove {what}") from None
+    with opened:
+        if image.size != (info["width"], info["height"]):
+            raise DataError(size_mismatch(str(file), image, (info["width"], info["height"]),
+                                          what))
+        yield image
+
+
+def check_segmentations(coco: COCO, annotation_file: Path) -> None:
+    """Mask R-CNN trains on and is evaluated against every annotation's mask: each needs
+    polygons or an RLE (pycocotools fails on an empty list mid-training or at evaluation)."""
+    for ann in coco.dataset["annotations"]:
+        seg = ann.get("segmentation")
+        if seg is None or (isinstance(seg, list) and not seg):
+            what = "no segmentation" if seg is None else "an empty segmentation ([])"
+            raise DataError(f"{annotation_file}: annotation {ann['id']} (image "
+                            f"{ann['image_id']}) has {what}, which Mask R-CNN needs: give it "
+                            f"its polygons or RLE, remove the annotation, or train Faster "
+                            f"R-CNN (boxes only)")
 
 
 def check_same_categories(train_split: str, train_ids: list[int], val_split: str,
@@ -137,9 +196,11 @@ class CocoDetection(torch.utils.data.Dataset):
     out (as Detectron2's FILTER_EMPTY_ANNOTATIONS)."""
 
     def __init__(self, root: str | os.PathLike, split: str, train: bool, masks: bool,
-                 seed: int = 0):
+                 seed: int = 0, max_pixels: int = MAX_PIXELS):
         self.image_dir, annotation_file = split_paths(root, split)
+        self.annotation_file, self.max_pixels = annotation_file, max_pixels
         self.coco = load_coco(annotation_file)
+        check_image_sizes(self.coco, annotation_file, max_pixels, LIMIT_KEY)
         self.masks, self.train = masks, train
         self.category_ids = sorted(self.coco.getCatIds())
         self.label_of = {cat: i + 1 for i, cat in enumerate(self.category_ids)}
@@ -150,10 +211,7 @@ class CocoDetection(torch.utils.data.Dataset):
             raise DataError(f"{len(missing)} images listed in {annotation_file} are not in "
                             f"{self.image_dir}, e.g. {missing[:3]}")
         if masks:
-            for ann in self.coco.dataset["annotations"]:
-                if ann.get("segmentation") is None:
-                    raise DataError(f"{annotation_file}: annotation {ann['id']} (image "
-                                    f"{ann['image_id']}) has no segmentation, which Mask R-CNN needs")
+            check_segmentations(self.coco, annotation_file)
         ids = sorted(self.coco.getImgIds())
         if train:
             ids = [i for i in ids if self._targets_of(i)]
@@ -176,7 +234,8 @@ class CocoDetection(torch.utils.data.Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         image_id = self.ids[index]
         info = self.coco.imgs[image_id]
-        with Image.open(self.image_dir / info["file_name"]) as pil:
+        file = self.image_dir / info["file_name"]
+        with open_as_annotated(file, info, self.annotation_file) as pil:
             image = F.to_image(pil.convert("RGB"))
         height, width = image.shape[-2:]
         anns = self._targets_of(image_id)

@@ -89,7 +89,8 @@ class Backend(Base):
             config=yaml.safe_load(text), config_text=text,
             # Detectron2 writes the config it runs (after its fall-backs) to config.yaml itself
             config_file="kdcl_config.yaml", device="cpu",  # no CUDA in the launching process
-            resumable_keys=("DATALOADER.NUM_WORKERS", "SOLVER.CHECKPOINT_PERIOD"),
+            resumable_keys=("DATALOADER.NUM_WORKERS", "SOLVER.CHECKPOINT_PERIOD",
+                            "KDCL.MAX_IMAGE_PIXELS"),
             recovery_keys=("SOLVER.BASE_LR", "SOLVER.WARMUP_ITERS", "SOLVER.WARMUP_FACTOR"),
             evaluation_keys=("KDCL.VAL_SPLIT", "TEST.*"),
             other_run="SEED=<n>, or a copy of the config under another name",

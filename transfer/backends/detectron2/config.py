@@ -15,6 +15,8 @@ from detectron2 import model_zoo
 from detectron2.config import CfgNode, get_cfg
 
 from kdcl_common import ConfigError
+from kdcl_common.config import read_text, safe_load_yaml
+from kdcl_common.images import MAX_PIXELS, check_limit
 
 from . import mobilenet
 
@@ -32,6 +34,7 @@ def add_kdcl_config(cfg: CfgNode) -> None:
     cfg.KDCL.OUTPUT_ROOT = "runs/transfer"
     cfg.KDCL.RECORDS = "results/records"
     cfg.KDCL.KEEP_CHECKPOINTS = 2  # periodic checkpoints kept (model_final.pth is always kept)
+    cfg.KDCL.MAX_IMAGE_PIXELS = MAX_PIXELS  # images annotated larger are refused before training
 
 
 def default_config() -> CfgNode:
@@ -44,8 +47,17 @@ def default_config() -> CfgNode:
 def _merge_file(cfg: CfgNode, path: Path, seen: tuple[Path, ...] = ()) -> None:
     if path in seen:
         raise ConfigError(f"circular _BASE_ chain: {' -> '.join(map(str, (*seen, path)))}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = safe_load_yaml(read_text(path), str(path)) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys to values, not "
+                          f"{type(data).__name__}")
     base = data.pop("_BASE_", None)
+    if base is not None and (not isinstance(base, str) or not base):
+        raise ConfigError(f"{path}: _BASE_: {base!r} must name one config: a file beside it or "
+                          f"a Detectron2 model-zoo config (e.g. _BASE_: _paper14ep_syncbn.yaml)")
     if base is not None:
         local = (path.parent / base).resolve()
         if local.is_file():
@@ -81,6 +93,8 @@ def load(path: str | Path, overrides: list[str] = ()) -> CfgNode:
         cfg.merge_from_list(pairs)
     except (KeyError, ValueError, AssertionError) as e:
         raise ConfigError(f"override: {e}") from None
+    if (problem := check_limit(cfg.KDCL.MAX_IMAGE_PIXELS, "KDCL.MAX_IMAGE_PIXELS")):
+        raise ConfigError(problem)
     return cfg
 
 

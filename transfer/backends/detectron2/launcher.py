@@ -24,6 +24,8 @@ from kdcl_common.logs import (Progress, attach_file, drop_console_handlers, fram
 
 from ...lifecycle import LOGGER
 
+LIMIT_KEY = "KDCL.MAX_IMAGE_PIXELS"
+
 NORM_KEYS = ("MODEL.RESNETS.NORM", "MODEL.MOBILENET_V2.NORM", "MODEL.FPN.NORM",
              "MODEL.ROI_BOX_HEAD.NORM", "MODEL.ROI_MASK_HEAD.NORM")
 SPLITS = ("kdcl_coco_train", "kdcl_coco_val")  # the dataset names the configs refer to
@@ -97,7 +99,7 @@ def check_data(cfg) -> int:
     """The COCO splits exist and are well-formed (generating the smoke set when asked), with the
     same categories and images to train on; returns the number of evaluation images."""
     from ...coco import synthetic
-    from ...coco.dataset import load_coco, split_paths
+    from ...coco.dataset import check_image_sizes, check_segmentations, load_coco, split_paths
 
     if cfg.KDCL.SYNTHETIC:
         synthetic.generate(cfg.KDCL.DATA_ROOT)
@@ -105,6 +107,9 @@ def check_data(cfg) -> int:
     for split in (cfg.KDCL.TRAIN_SPLIT, cfg.KDCL.VAL_SPLIT):
         images, annotations = split_paths(cfg.KDCL.DATA_ROOT, split)
         indexes.append(load_coco(annotations))  # validates every annotation, naming bad ones
+        check_image_sizes(indexes[-1], annotations, cfg.KDCL.MAX_IMAGE_PIXELS, LIMIT_KEY)
+        if cfg.MODEL.MASK_ON:  # Detectron2 would drop these objects, torchvision's loader fail
+            check_segmentations(indexes[-1], annotations)
     train, val = indexes
     if sorted(train.getCatIds()) != sorted(val.getCatIds()):
         raise DataError(f"the categories of {cfg.KDCL.TRAIN_SPLIT} and {cfg.KDCL.VAL_SPLIT} "
@@ -136,8 +141,38 @@ def register_datasets(cfg) -> int:
 
 
 # -------------------------------------------------------------------------------- training
+def read_as_stored() -> None:
+    """Detectron2's read_image applies a file's EXIF orientation (detection_utils.
+    _apply_exif_orientation); images are used as stored on every backend (kdcl_common/images.py
+    says why), so in this process, and the data workers it forks, it leaves them as stored."""
+    from detectron2.data import detection_utils
+
+    detection_utils._apply_exif_orientation = lambda image: image
+
+
+def _mapper_class():
+    from detectron2.data import DatasetMapper
+
+    from ...coco.dataset import open_as_annotated
+
+    class AsAnnotatedMapper(DatasetMapper):
+        """Detectron2's DatasetMapper, once the file's header gives its annotated size (a
+        DataError otherwise, naming its EXIF orientation when that explains the difference),
+        so that no file larger than its annotation is decoded."""
+
+        def __call__(self, dataset_dict):
+            info = {"id": dataset_dict["image_id"], "width": dataset_dict["width"],
+                    "height": dataset_dict["height"]}
+            with open_as_annotated(Path(dataset_dict["file_name"]), info, "its annotations"):
+                pass
+            return super().__call__(dataset_dict)
+
+    return AsAnnotatedMapper
+
+
 def _trainer_class(evaluated: int):
     from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.data import build_detection_test_loader, build_detection_train_loader
     from detectron2.engine import DefaultTrainer, HookBase, hooks
     from detectron2.evaluation import COCOEvaluator
     from detectron2.utils import comm
@@ -177,6 +212,8 @@ def _trainer_class(evaluated: int):
 
         def after_train(self):
             self.progress.close()
+
+    Mapper = _mapper_class()
 
     class AtomicCheckpointer(DetectionCheckpointer):
         """Detectron2's checkpointer, made atomic: it writes to a temporary name, renames it in
@@ -225,6 +262,15 @@ def _trainer_class(evaluated: int):
         def test(cls, cfg, model, evaluators=None):
             logging.getLogger(LOGGER).info(f"evaluating on {evaluated} images")
             return super().test(cfg, model, evaluators)
+
+        @classmethod
+        def build_train_loader(cls, cfg):
+            return build_detection_train_loader(cfg, mapper=Mapper(cfg, is_train=True))
+
+        @classmethod
+        def build_test_loader(cls, cfg, dataset_name):
+            return build_detection_test_loader(cfg, dataset_name,
+                                               mapper=Mapper(cfg, is_train=False))
 
         @classmethod
         def build_evaluator(cls, cfg, dataset_name):
@@ -306,6 +352,7 @@ def worker(run, cfg, mode: str) -> None:
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
     fall_back_from_syncbn(cfg, world, logger)
+    read_as_stored()
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = register_datasets(cfg)
     cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (SPLITS[0],), (SPLITS[1],)
     cfg.OUTPUT_DIR = str(run.run_dir)

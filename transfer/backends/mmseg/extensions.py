@@ -1,5 +1,9 @@
 """What the mmseg backend adds to mmseg/mmengine, registered the OpenMMLab way:
 
+- `LoadImageAsStored`, mmcv's LoadImageFromFile bounded and as stored: the image's and its
+  label map's sizes come from their headers before anything is decoded (refused above
+  `kdcl.max_image_pixels`, or when they differ, naming EXIF when its orientation explains it),
+  and EXIF orientation is not applied (cv2 and PIL would rotate the image, not its label map);
 - `CheckSegLabels`, a transform that stops on a label map whose values fall outside the classes
   (other than the ignore index) or whose size differs from its image's, naming the file;
 - `KdclMetricsHook`, which keeps the last validation metrics for the result record;
@@ -18,11 +22,14 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+import mmcv
 import numpy as np
 import torch
-from mmcv.transforms import BaseTransform
+from mmcv.transforms import BaseTransform, LoadImageFromFile
+from mmengine import fileio
 from mmengine.dist import get_dist_info
 from mmengine.fileio.backends import LocalBackend, register_backend
 from mmengine.hooks import Hook
@@ -30,17 +37,70 @@ from mmengine.runner import Runner
 from mmseg.registry import HOOKS, TRANSFORMS
 
 from kdcl_common import DataError, NonFiniteLossError
+from kdcl_common.images import MAX_PIXELS, ImageTooLarge, open_within, size_mismatch
 from kdcl_common.io import atomic_write_bytes
 from kdcl_common.logs import Progress, drop_console_handlers
 from kdcl_common.sampling import sample_seed
 
 from ...lifecycle import LOGGER
 
+LIMIT_KEY = "kdcl.max_image_pixels"
+# mmcv's decoding flags that leave EXIF orientation alone (cv2 and PIL; turbojpeg and tifffile
+# always ignore it)
+AS_STORED = {"color": "color_ignore_orientation", "grayscale": "grayscale_ignore_orientation"}
+
 RECOVERY_ADVICE = ("Lower optim_wrapper.optimizer.lr or lengthen the warm-up in param_scheduler, "
                    "and run the same command with the new value and --restart, which archives "
                    "this run (nothing is deleted) and fine-tunes the backbone again. --resume "
                    "cannot take a new learning rate here: mmengine restores the old one from "
                    "the checkpoint.")
+
+
+@TRANSFORMS.register_module()
+class LoadImageAsStored(LoadImageFromFile):
+    """mmcv's LoadImageFromFile (the same arguments), plus `max_pixels`: the image and its label
+    map (`seg_map_path`, when the dataset gives one) are refused, before anything is decoded,
+    when their headers give more pixels or different sizes; and the image is decoded as
+    stored, without EXIF rotation, as its label map is (mmseg loads it 'unchanged')."""
+
+    def __init__(self, max_pixels: int = MAX_PIXELS, **kwargs):
+        color = kwargs.get("color_type", "color")
+        kwargs["color_type"] = AS_STORED.get(color, color)
+        super().__init__(**kwargs)
+        self.max_pixels = max_pixels
+
+    @contextmanager
+    def _opened(self, path: str, content: bytes):
+        """The header of `path` (its bytes: `content`), as open_within, with DataErrors."""
+        opened = ExitStack()
+        try:
+            image = opened.enter_context(open_within(content, self.max_pixels, LIMIT_KEY))
+        except ImageTooLarge as e:
+            raise DataError(f"{path}: {e}. Shrink or remove the image (with its label map), "
+                            f"or raise {LIMIT_KEY} in the config") from None
+        except (OSError, SyntaxError, ValueError) as e:
+            raise DataError(f"{path} cannot be read as an image ({type(e).__name__}: {e}): "
+                            f"repair or remove it, with its label map or image") from None
+        with opened:
+            yield image
+
+    def transform(self, results: dict) -> dict:
+        path = results["img_path"]
+        content = fileio.get(path, backend_args=self.backend_args)
+        with self._opened(path, content) as image:
+            label = results.get("seg_map_path")
+            if label:
+                with self._opened(label, fileio.get(label, backend_args=self.backend_args)) as seg:
+                    if seg.size != image.size:
+                        raise DataError(size_mismatch(path, image, seg.size,
+                                                      f"its label map {label}"))
+        img = mmcv.imfrombytes(content, flag=self.color_type, backend=self.imdecode_backend)
+        if img is None:
+            raise DataError(f"{path} cannot be decoded: repair or remove it (with its label map)")
+        if self.to_float32:
+            img = img.astype(np.float32)
+        results.update(img=img, img_shape=img.shape[:2], ori_shape=img.shape[:2])
+        return results
 
 
 @TRANSFORMS.register_module()

@@ -10,13 +10,14 @@ checkpoints written atomically); evaluate with mmseg's IoUMetric.
 """
 from __future__ import annotations
 
+import ast
 import difflib
 import logging
 import os
 from pathlib import Path
 
 from kdcl_common import ConfigError, DataError
-from kdcl_common.config import parse_overrides
+from kdcl_common.config import parse_overrides, read_text
 
 from ...lifecycle import LOGGER
 
@@ -29,6 +30,7 @@ def load(path: str | Path, overrides: list[str]):
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    check_python_config(path)
     try:
         cfg = Config.fromfile(str(path))
     except Exception as e:  # noqa: BLE001 - mmengine raises many types for a bad config
@@ -36,7 +38,52 @@ def load(path: str | Path, overrides: list[str]):
     for key, value in parse_overrides(list(overrides)):
         _check_type(key, _check_key(cfg.to_dict(), key), value)
         cfg.merge_from_dict({key: value}, allow_list_keys=True)
+    load_images_as_stored(cfg)
     return cfg
+
+
+def load_images_as_stored(cfg) -> None:
+    """Every pipeline's LoadImageFromFile becomes LoadImageAsStored (extensions.py): sizes from
+    the headers first, bounded by kdcl.max_image_pixels, and no EXIF rotation (README, Data)."""
+    from kdcl_common.images import MAX_PIXELS, check_limit
+
+    limit = cfg.get("kdcl", {}).get("max_image_pixels", MAX_PIXELS)
+    if (problem := check_limit(limit, "kdcl.max_image_pixels")):
+        raise ConfigError(problem)
+    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        dataset = cfg.get(loader, {}).get("dataset", {})
+        for step in dataset.get("pipeline", []):
+            if step.get("type") in ("LoadImageFromFile", "LoadImageAsStored"):
+                step["type"], step["max_pixels"] = "LoadImageAsStored", limit
+
+
+def check_python_config(path: Path) -> None:
+    """What mmengine would fail on with a bare TypeError or SyntaxError, said with the fix: a
+    file that is not Python text, and a `_base_` that names no files (mmengine evaluates the
+    first `_base_ = ...` line)."""
+    example = "_base_ = ['./_base_/upernet_torchvision.py', './_base_/coco-stuff164k_80k.py']"
+    try:
+        tree = ast.parse(read_text(path, "Python"), str(path))
+    except SyntaxError as e:
+        raise ConfigError(f"{path}, line {e.lineno}, is not valid Python ({e.msg}): an mmseg "
+                          f"config is a Python file like those in transfer/configs/mmseg") from None
+    except RecursionError:
+        raise ConfigError(f"{path} is nested too deeply to parse: an mmseg config is a Python "
+                          f"file like those in transfer/configs/mmseg") from None
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) \
+                and node.targets[0].id == "_base_":
+            try:
+                bases = ast.literal_eval(node.value)
+            except ValueError:
+                return  # an expression: mmengine evaluates it
+            if isinstance(bases, str):
+                bases = [bases]
+            if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+                raise ConfigError(f"{path}, line {node.lineno}: _base_ = "
+                                  f"{ast.unparse(node.value)[:60]} must name a config file or a "
+                                  f"list of them, e.g. {example}")
+            return
 
 
 def _check_type(key: str, old, new) -> None:

@@ -9,6 +9,7 @@ from typing import Optional
 from kdcl_common import ConfigError, schedule
 from kdcl_common.checkpoint import RunCheckpoints
 from kdcl_common.config import check_choice, load_named, option
+from kdcl_common.images import MAX_PIXELS, check_limit
 from kdcl_common.schedule import OptimConfig
 
 from ...convert import DETECTION_ARCHS
@@ -16,7 +17,8 @@ from ...naming import CONFIG_ROOT
 
 DETECTORS = {"faster_rcnn": "detection", "mask_rcnn": "instance_segmentation"}
 CHECKPOINTS = RunCheckpoints(format="kdcl-bench/transfer-checkpoint-v1")
-RESUMABLE = ("data.workers", "train.log_interval")  # how the run executes, not what it computes
+# how the run executes, not what it computes (the pixel limit only refuses a run before it starts)
+RESUMABLE = ("data.workers", "train.log_interval", "data.max_image_pixels")
 RECOVERY = ("optim.lr", "optim.warmup_epochs", "optim.warmup_start_lr", "train.amp")
 EVALUATION = ("data.val_split", "train.eval_batch_size")  # may differ for --eval-only
 LOCATIONS = ("output_root", "records", "data.root")  # where, not what: never identity
@@ -58,6 +60,10 @@ class DataConfig:
     train_split: str = option("train2017", help="training images and instances file")
     val_split: str = option("val2017", help="evaluation images and instances file")
     workers: int = option(4, help="data-loading processes per rank")
+    max_image_pixels: int = option(MAX_PIXELS, help="refuse, before training, images whose "
+                                   "annotated width x height is larger (each file's header "
+                                   "must match its annotation, checked before decoding); the "
+                                   "default is PIL's warning threshold")
     synthetic: SyntheticCocoConfig = field(default_factory=SyntheticCocoConfig)
 
 
@@ -108,6 +114,8 @@ def validate(cfg: TransferConfig) -> None:
     check_choice("model.trainable_layers", cfg.model.trainable_layers, range(6))
     check_choice("data.dataset", cfg.data.dataset, ("coco", "synthetic"))
     check_choice("train.amp", cfg.train.amp, ("off", "bf16", "fp16"))
+    if (problem := check_limit(cfg.data.max_image_pixels, "data.max_image_pixels")):
+        raise ConfigError(problem)
     if cfg.data.workers < 0:
         raise ConfigError(f"data.workers={cfg.data.workers} must be >= 0 (0: load in the "
                           f"training process)")

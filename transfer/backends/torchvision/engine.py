@@ -24,7 +24,7 @@ from kdcl_common.stopping import Stopped, StopRequest
 
 from ...coco import evaluate as coco_eval
 from ...coco import synthetic
-from ...coco.dataset import CocoDetection, check_same_categories, collate
+from ...coco.dataset import CocoDetection, check_same_categories, check_segmentations, collate
 from ...lifecycle import TransferRun
 from . import models as detectors
 from .config import CHECKPOINTS, RECOVERY, TransferConfig
@@ -78,8 +78,12 @@ class DetectionRun:
                                    s.max_size, s.seed)
             kdist.barrier()
         self.train_set = CocoDetection(cfg.data.root, cfg.data.train_split, train=True,
-                                       masks=self.masks, seed=cfg.seed)
-        self.val_set = CocoDetection(cfg.data.root, cfg.data.val_split, train=False, masks=False)
+                                       masks=self.masks, seed=cfg.seed,
+                                       max_pixels=cfg.data.max_image_pixels)
+        self.val_set = CocoDetection(cfg.data.root, cfg.data.val_split, train=False, masks=False,
+                                     max_pixels=cfg.data.max_image_pixels)
+        if self.masks:  # the evaluation compares masks with every annotation's
+            check_segmentations(self.val_set.coco, self.val_set.annotation_file)
         if not len(self.train_set):
             raise DataError(f"{cfg.data.train_split} of {cfg.data.root} has no image with a "
                             f"training target (a non-crowd box of at least 1x1 pixel): nothing "

@@ -16,4 +16,5 @@ test_evaluator = val_evaluator
 default_hooks = dict(checkpoint=dict(by_epoch=False, interval=8000, max_keep_ckpts=2))
 randomness = dict(seed=0)
 kdcl = dict(protocol='80k_syncbn', preset='paper', output_root='runs/transfer',
-            records='results/records')
+            records='results/records',
+            max_image_pixels=89478485)  # larger images are refused before decoding

@@ -57,4 +57,5 @@ default_hooks = dict(
 env_cfg = dict(cudnn_benchmark=False)
 randomness = dict(seed=0)
 kdcl = dict(protocol='smoke', preset='smoke', synthetic=True, output_root='runs/transfer',
-            records='results/records')
+            records='results/records',
+            max_image_pixels=89478485)  # larger images are refused before decoding

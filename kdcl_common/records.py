@@ -107,7 +107,7 @@ SCHEMA: dict[str, Field] = {
     "iterations": Field("any", _O, "training iterations"),
     "classes": Field("any", _O, "classes of the segmentation dataset"),
     "images_per_batch": Field("any", _O, "images per training iteration, all processes"),
-    "resumed_note": Field("any", _O, "what may differ from an uninterrupted run, where the "
+    "resume_note": Field("any", _O, "what may differ from an uninterrupted run, where the "
                                      "framework cannot resume exactly"),
     # the noise evaluation (Fig. 4)
     "delta": Field("any", _O, "the std of the Gaussian pixel noise (0-1 scale)"),

@@ -23,6 +23,7 @@ import json
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from kdcl_common import ConfigError, DataError, KdclError, artifact, fingerprint, identity, models
 from kdcl_common import distributed as kdist
@@ -135,6 +136,7 @@ class Resolved:
     backbone: Path
     meta: dict
     folder: RunFolder
+    cfg: Any  # the backend's own config object, fitted
 
 
 def resolve(backend: Backend, config: Path, overrides: list[str], backbone: Path,
@@ -146,11 +148,11 @@ def resolve(backend: Backend, config: Path, overrides: list[str], backbone: Path
     sha256). Writes nothing."""
     if seed is not None:
         overrides = [*overrides, f"{backend.seed_key}={seed}"]
-    backend.load_config(Path(config), overrides)
+    cfg = backend.load_config(Path(config), overrides)
     backbone, meta = artifact.verified_metadata(backbone)
     check_architecture(backend, meta, backbone)
-    backend.fit_backbone(meta, backbone)
-    spec = backend.spec()
+    cfg = backend.fit_backbone(cfg, meta, backbone)
+    spec = backend.spec(cfg, Path(config))
     spec = replace(spec, output_root=str(output_root or spec.output_root),
                    records=str(records or spec.records))
     if not isinstance(spec.seed, int) or isinstance(spec.seed, bool) or spec.seed < 0:
@@ -162,7 +164,7 @@ def resolve(backend: Backend, config: Path, overrides: list[str], backbone: Path
         inputs["data"] = fingerprint.as_input(*spec.data)
     folder = RunFolder(naming.run_dir(spec.output_root, spec.name, meta, backbone, spec.seed),
                        policy(backend, spec), Identity(spec.config, inputs, spec.location_keys))
-    return Resolved(spec, backbone, meta, folder)
+    return Resolved(spec, backbone, meta, folder, cfg)
 
 
 def status(config: str | Path, backbone: str | Path, overrides: list[str] = (),
@@ -202,9 +204,10 @@ def _run(backend: Backend, args, resolved: Resolved, ctx: DistContext) -> int:
         if args.eval_only:
             folder.check_evaluable(spec.evaluation_keys)
             transfer.backbone_state = artifact.build(backbone, meta).state_dict()
-            if backend.prepare(transfer) <= 0:
+            prepared = backend.prepare(resolved.cfg, transfer)
+            if prepared.evaluation_images <= 0:
                 raise _empty_evaluation(spec, args.config)
-            backend.evaluate(transfer)
+            backend.evaluate(prepared, transfer)
             return 0
         action = session.decide(args.resume, args.restart)
         if action == FINISHED:
@@ -213,7 +216,8 @@ def _run(backend: Backend, args, resolved: Resolved, ctx: DistContext) -> int:
         transfer.action = action
         # a strict load into its architecture (the file was hashed by resolve)
         transfer.backbone_state = artifact.build(backbone, meta).state_dict()
-        if backend.prepare(transfer) <= 0:
+        prepared = backend.prepare(resolved.cfg, transfer)
+        if prepared.evaluation_images <= 0:
             raise _empty_evaluation(spec, args.config)
         session.start(action, {
             spec.config_file: spec.config_text,
@@ -227,7 +231,7 @@ def _run(backend: Backend, args, resolved: Resolved, ctx: DistContext) -> int:
                     f"{ctx.world_size} process(es); writing to {run_dir} (full log: log.txt "
                     f"there)" + (f"; resumed with {'; '.join(c.strip() for c in folder.changes)}"
                                  if folder.changes else ""))
-        backend.train(transfer)
+        backend.train(prepared, transfer)
     return 0
 
 

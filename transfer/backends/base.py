@@ -1,18 +1,20 @@
 """What a transfer backend implements. transfer/lifecycle.py does everything that is the same
 for every backend (the backbone, the run folder and its identity, --resume and --restart, the
-result record); a backend drives its framework through these steps, in this order:
+result record); a backend drives its framework through these steps. Each takes what it needs
+and returns what it makes (a backend keeps no state between them but its command-line options):
 
-    load_config(path, overrides)   read its own config format (with key=value overrides)
-    fit_backbone(meta, path)       check the backbone's architecture against the config; take
-                                   its width and input normalisation from its metadata
-    spec()                         what the lifecycle needs to know about the config
-    prepare(run)                   everything that can fail before training, writing nothing:
-                                   data present and well-formed, the model built, the weights
-                                   converted and checked; returns the evaluation images' count
-    train(run)                     after the run folder is written: train, evaluate, and call
-                                   run.finish(...) on the main process
-    evaluate(run)                  evaluate the run's last checkpoint: run.finish_evaluation(...)
-    has_checkpoint(run_dir)        whether an unfinished run left something to resume
+    load_config(path, overrides) -> cfg  read its own config format (key=value overrides)
+    fit_backbone(cfg, meta, path) -> cfg check the backbone's architecture against the config;
+                                         take its width and input normalisation from its metadata
+    spec(cfg, path) -> Spec              what the lifecycle needs to know about the config
+    prepare(cfg, run) -> Prepared        everything that can fail before training, writing
+                                         nothing: data present and well-formed, the model built,
+                                         the weights converted and checked
+    train(prepared, run)                 after the run folder is written: train, evaluate, and
+                                         call run.finish(...) on the main process
+    evaluate(prepared, run)              evaluate the run's last checkpoint:
+                                         run.finish_evaluation(...)
+    has_checkpoint(run_dir)              whether an unfinished run left something to resume
 """
 from __future__ import annotations
 
@@ -53,6 +55,17 @@ class Spec:
                                                      # data; None: the config does (generated)
 
 
+@dataclass
+class Prepared:
+    """What prepare() made for train() and evaluate(): the fitted config, how many images the
+    evaluation will score (0 stops the run: an evaluation of nothing), and the backend's own
+    objects (converted weights, a training session)."""
+
+    cfg: Any
+    evaluation_images: int
+    state: Any = None
+
+
 class Backend:
     name: ClassVar[str]
     architectures: ClassVar[tuple[str, ...]] = DETECTION_ARCHS  # what it converts weights for
@@ -72,22 +85,22 @@ class Backend:
     def __init__(self, args=None):
         self.args = args  # the command line, for the backend's own options
 
-    def load_config(self, path: Path, overrides: list[str]) -> None:
+    def load_config(self, path: Path, overrides: list[str]) -> Any:
         raise NotImplementedError
 
-    def fit_backbone(self, meta: dict, path: Path) -> None:
+    def fit_backbone(self, cfg: Any, meta: dict, path: Path) -> Any:
         raise NotImplementedError
 
-    def spec(self) -> Spec:
+    def spec(self, cfg: Any, path: Path) -> Spec:
         raise NotImplementedError
 
-    def prepare(self, run) -> int:
+    def prepare(self, cfg: Any, run) -> Prepared:
         raise NotImplementedError
 
-    def train(self, run) -> None:
+    def train(self, prepared: Prepared, run) -> None:
         raise NotImplementedError
 
-    def evaluate(self, run) -> None:
+    def evaluate(self, prepared: Prepared, run) -> None:
         raise NotImplementedError
 
     def has_checkpoint(self, run_dir: Path) -> bool:

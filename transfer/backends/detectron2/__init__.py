@@ -15,7 +15,7 @@ from kdcl_common import ConfigError, KdclError
 from ...coco.layout import split_files
 from ...naming import config_name
 from ..base import Backend as Base
-from ..base import Spec, option
+from ..base import Prepared, Spec, option
 
 INSTALL = ("Detectron2 is not installed; it is not on PyPI. Install it from its git repository "
            "into this environment (it compiles against the installed torch):\n"
@@ -58,7 +58,7 @@ class Backend(Base):
         cfg = d2config.load(config, [])  # IMS_PER_BATCH is the global batch
         return cfg.SOLVER.MAX_ITER * cfg.SOLVER.IMS_PER_BATCH
 
-    def load_config(self, path: Path, overrides: list[str]) -> None:
+    def load_config(self, path: Path, overrides: list[str]):
         require_detectron2()
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ConfigError(f"{path} is a Detectron2 config: it starts its own processes. Run "
@@ -66,23 +66,24 @@ class Backend(Base):
                               f"torchrun.")
         from . import config as d2config
 
-        self.path, self.cfg = path, d2config.load(path, overrides)
-        if not self.cfg.KDCL.DATA_ROOT:
-            self.cfg.KDCL.DATA_ROOT = os.environ.get("COCO_ROOT", "")
-            if not self.cfg.KDCL.DATA_ROOT:
+        cfg = d2config.load(path, overrides)
+        if not cfg.KDCL.DATA_ROOT:
+            cfg.KDCL.DATA_ROOT = os.environ.get("COCO_ROOT", "")
+            if not cfg.KDCL.DATA_ROOT:
                 raise ConfigError("no COCO root: set KDCL.DATA_ROOT=/path/to/coco or export "
                                   "COCO_ROOT=/path/to/coco")
+        return cfg
 
-    def fit_backbone(self, meta: dict, path: Path) -> None:
+    def fit_backbone(self, cfg, meta: dict, path: Path):
         from . import launcher
 
-        launcher.fit_backbone(self.cfg, meta, path)
+        launcher.fit_backbone(cfg, meta, path)
+        return cfg
 
-    def spec(self) -> Spec:
-        cfg = self.cfg
+    def spec(self, cfg, path: Path) -> Spec:
         text = cfg.dump()
         return Spec(
-            name=config_name(self.path), seed=cfg.SEED, output_root=cfg.KDCL.OUTPUT_ROOT,
+            name=config_name(path), seed=cfg.SEED, output_root=cfg.KDCL.OUTPUT_ROOT,
             records=cfg.KDCL.RECORDS, preset=cfg.KDCL.PRESET, protocol=cfg.KDCL.PROTOCOL,
             task="instance_segmentation" if cfg.MODEL.MASK_ON else "detection",
             dataset="synthetic" if cfg.KDCL.SYNTHETIC else "coco",
@@ -102,21 +103,20 @@ class Backend(Base):
             data=None if cfg.KDCL.SYNTHETIC else (cfg.KDCL.DATA_ROOT, split_files(
                 cfg.KDCL.TRAIN_SPLIT, cfg.KDCL.VAL_SPLIT)))
 
-    def prepare(self, run) -> int:
+    def prepare(self, cfg, run) -> Prepared:
         from . import launcher
 
-        evaluated = launcher.check_data(self.cfg)
-        self.converted = launcher.convert_backbone(self.cfg, run.backbone_state,
-                                                   run.meta["architecture"])
-        return evaluated
+        evaluated = launcher.check_data(cfg)
+        converted = launcher.convert_backbone(cfg, run.backbone_state, run.meta["architecture"])
+        return Prepared(cfg, evaluated, converted)
 
-    def _launch(self, run, mode: str) -> None:
+    def _launch(self, prepared: Prepared, run, mode: str) -> None:
         from kdcl_common.logs import framework_output
 
         from . import launcher, weights
 
         if mode == "train":  # at every start, from the backbone the run names (never reused)
-            weights.save(self.converted, run.run_dir / "backbone.pkl",
+            weights.save(prepared.state, run.run_dir / "backbone.pkl",
                          author=f"kdcl-bench ({run.backbone})")
         with framework_output(run.run_dir / "log.txt"):  # what importing Detectron2 logs too
             from detectron2.engine import launch
@@ -125,13 +125,13 @@ class Backend(Base):
                    num_machines=option(self.args, "num_machines", 1),
                    machine_rank=option(self.args, "machine_rank", 0),
                    dist_url=option(self.args, "dist_url", "auto"),
-                   args=(run.without_weights(), self.cfg.clone(), mode))
+                   args=(run.without_weights(), prepared.cfg.clone(), mode))
 
-    def train(self, run) -> None:
-        self._launch(run, "train")
+    def train(self, prepared: Prepared, run) -> None:
+        self._launch(prepared, run, "train")
 
-    def evaluate(self, run) -> None:
-        self._launch(run, "eval")
+    def evaluate(self, prepared: Prepared, run) -> None:
+        self._launch(prepared, run, "eval")
 
     def has_checkpoint(self, run_dir: Path) -> bool:
         return (run_dir / "last_checkpoint").is_file()

@@ -11,7 +11,7 @@ from kdcl_common import KdclError
 
 from ...naming import config_name
 from ..base import Backend as Base
-from ..base import Spec
+from ..base import Prepared, Spec
 
 # how the run executes, not what it computes: may change on --resume
 RESUMABLE = ("train_dataloader.num_workers", "val_dataloader.num_workers",
@@ -57,24 +57,25 @@ class Backend(Base):
         cfg = launcher.load(config, [])  # the batch size is per process
         return cfg.train_cfg.max_iters * cfg.train_dataloader.batch_size * max(gpus, 1)
 
-    def load_config(self, path: Path, overrides: list[str]) -> None:
+    def load_config(self, path: Path, overrides: list[str]):
         require_mmseg()
         from . import launcher
 
-        self.path, self.cfg = path, launcher.load(path, overrides)
+        return launcher.load(path, overrides)
 
-    def fit_backbone(self, meta: dict, path: Path) -> None:
+    def fit_backbone(self, cfg, meta: dict, path: Path):
         from . import launcher
 
-        launcher.fit_backbone(self.cfg, meta, path)
-        self.classes = launcher.dataset_classes(self.cfg)
-        launcher.set_classes(self.cfg, len(self.classes))
+        launcher.fit_backbone(cfg, meta, path)
+        launcher.set_classes(cfg, len(launcher.dataset_classes(cfg)))
+        return cfg
 
-    def spec(self) -> Spec:
-        cfg = self.cfg
+    def spec(self, cfg, path: Path) -> Spec:
+        from . import launcher
+
         kdcl = cfg.get("kdcl", {})
         return Spec(
-            name=config_name(self.path), seed=cfg.get("randomness", {}).get("seed", 0),
+            name=config_name(path), seed=cfg.get("randomness", {}).get("seed", 0),
             output_root=kdcl.get("output_root", "runs/transfer"),
             records=kdcl.get("records", "results/records"),
             preset=kdcl.get("preset", "custom"), protocol=kdcl.get("protocol", ""),
@@ -85,11 +86,11 @@ class Backend(Base):
             evaluation_keys=EVALUATION,
             other_run="randomness.seed=<n>, or a copy of the config under another name",
             extra={"head": cfg.model.decode_head.type, "iterations": cfg.train_cfg.max_iters,
-                   "classes": len(self.classes)},
+                   "classes": len(launcher.dataset_classes(cfg))},
             location_keys=LOCATIONS,
             data=None if kdcl.get("synthetic") else data_files(cfg))
 
-    def prepare(self, run) -> int:
+    def prepare(self, cfg, run) -> Prepared:
         """Generate the smoke scenes when asked, check the dataset's layout, and convert the
         weights, checked against the backbone mmseg builds (written in train)."""
         from mmseg.registry import MODELS
@@ -98,24 +99,23 @@ class Backend(Base):
         from ...coco import synthetic
         from . import launcher
 
-        cfg = self.cfg
         if cfg.get("kdcl", {}).get("synthetic"):
             for loader in ("train_dataloader", "val_dataloader"):
                 synthetic.generate(cfg[loader].dataset.data_root)  # safe in every rank at once
         counts = launcher.check_layout(cfg)
         target = MODELS.build(cfg.model.backbone).state_dict()
         arch = run.meta["architecture"]
-        self.converted = convert.convert(run.backbone_state, arch, "mmseg", target.keys())
-        convert.check_shapes(self.converted, target, f"mmseg's {cfg.model.backbone.type}")
-        return counts["val_dataloader"]
+        converted = convert.convert(run.backbone_state, arch, "mmseg", target.keys())
+        convert.check_shapes(converted, target, f"mmseg's {cfg.model.backbone.type}")
+        return Prepared(cfg, counts["val_dataloader"], converted)
 
-    def _runner_config(self, run, weights: Path):
+    def _runner_config(self, cfg, run, weights: Path):
         """The config as mmengine's Runner takes it in this process (launcher, devices)."""
         import torch
 
         from . import extensions, launcher
 
-        cfg, world, cuda = self.cfg, run.ctx.world_size, torch.cuda.is_available()
+        world, cuda = run.ctx.world_size, torch.cuda.is_available()
         seed = cfg.get("randomness", {}).get("seed", 0)
         launcher.fall_back_from_syncbn(cfg, world, cuda)
         cfg.work_dir = str(run.run_dir)
@@ -134,7 +134,7 @@ class Backend(Base):
         extensions.use_atomic_local_writes()
         return cfg
 
-    def _write_weights(self, run) -> Path:
+    def _write_weights(self, converted, run) -> Path:
         """The converted weights the run starts from, written at every start from the backbone
         the run names: a file left by an earlier attempt (killed before its first checkpoint,
         of other weights at the same path) is never trained from."""
@@ -143,16 +143,16 @@ class Backend(Base):
 
         weights = run.run_dir / "backbone.pth"
         if run.ctx.is_main:
-            atomic_torch_save(self.converted.state, weights)
+            atomic_torch_save(converted.state, weights)
         kdist.barrier()
         return weights
 
-    def train(self, run) -> None:
+    def train(self, prepared: Prepared, run) -> None:
         from kdcl_common.logs import framework_output
 
         from . import extensions, launcher
 
-        cfg = self._runner_config(run, self._write_weights(run))
+        cfg = self._runner_config(prepared.cfg, run, self._write_weights(prepared.state, run))
         cfg.resume, cfg.load_from = run.resuming, None
         if run.resuming and run.ctx.is_main:
             launcher.last_checkpoint(run.run_dir)  # repairs a stale pointer before mmengine reads it
@@ -169,14 +169,14 @@ class Backend(Base):
                        round(cfg.train_cfg.max_iters * batch / seconds, 2),
                        images_per_batch=batch)
 
-    def evaluate(self, run) -> None:
+    def evaluate(self, prepared: Prepared, run) -> None:
         from kdcl_common.logs import framework_output
 
         from . import extensions, launcher
 
         checkpoint = launcher.last_checkpoint(run.run_dir)
         # the checkpoint holds every weight: the backbone's init_cfg is not read
-        cfg = self._runner_config(run, run.run_dir / "backbone.pth")
+        cfg = self._runner_config(prepared.cfg, run, run.run_dir / "backbone.pth")
         cfg.load_from, cfg.resume = str(checkpoint), False
         with framework_output(run.run_dir / "log.txt"):
             runner = extensions.QuietRunner.from_cfg(cfg)

@@ -10,7 +10,7 @@ from kdcl_common.logs import get_logger
 
 from ...coco.layout import split_files
 from ..base import Backend as Base
-from ..base import Spec
+from ..base import Prepared, Spec
 from . import config
 
 
@@ -34,16 +34,16 @@ class Backend(Base):
                   else COCO_TRAIN_IMAGES)
         return int(epochs * images) if epochs else None
 
-    def load_config(self, path: Path, overrides: list[str]) -> None:
-        self.cfg = config.load(path, overrides)
+    def load_config(self, path: Path, overrides: list[str]) -> config.TransferConfig:
+        return config.load(path, overrides)
 
-    def fit_backbone(self, meta: dict, path: Path) -> None:
+    def fit_backbone(self, cfg, meta: dict, path: Path):
         from .engine import check_backbone
 
-        check_backbone(self.cfg, meta, path)
+        check_backbone(cfg, meta, path)
+        return cfg
 
-    def spec(self) -> Spec:
-        cfg = self.cfg
+    def spec(self, cfg, path: Path) -> Spec:
         return Spec(
             name=cfg.name, seed=cfg.seed, output_root=cfg.output_root, records=cfg.records,
             preset=cfg.preset, protocol=cfg.protocol, task=cfg.task, dataset=cfg.data.dataset,
@@ -56,21 +56,21 @@ class Backend(Base):
             data=None if cfg.data.dataset == "synthetic" else (cfg.data.root, split_files(
                 cfg.data.train_split, cfg.data.val_split)))
 
-    def prepare(self, run) -> int:
+    def prepare(self, cfg, run) -> Prepared:
         from .engine import DetectionRun
 
-        self.session = DetectionRun(self.cfg, run, get_logger("transfer", run.ctx.rank))
-        return len(self.session.val_set)
+        session = DetectionRun(cfg, run, get_logger("transfer", run.ctx.rank))
+        return Prepared(cfg, len(session.val_set), session)
 
-    def train(self, run) -> None:
+    def train(self, prepared: Prepared, run) -> None:
         from .engine import train
 
-        train(self.session, run)
+        train(prepared.state, run)
 
-    def evaluate(self, run) -> None:
+    def evaluate(self, prepared: Prepared, run) -> None:
         from .engine import evaluate_checkpoint
 
-        evaluate_checkpoint(self.session, run)
+        evaluate_checkpoint(prepared.state, run)
 
     def has_checkpoint(self, run_dir: Path) -> bool:
         return config.CHECKPOINTS.exists(run_dir)

@@ -225,3 +225,55 @@ def test_kill_and_resume_reaches_the_same_weights(tmp_path, tiny_root):
             assert torch.equal(a[key], b[key]), (name, key)
     for out, resumes in ((straight, 0), (killed, 1)):
         assert {r["resumes"] for r in read_records(out)} == {resumes}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
+def test_a_stop_signal_mid_epoch_checkpoints_the_step_and_resumes_to_the_same_weights(
+        tmp_path, tiny_root, signum):
+    """SIGTERM (a scheduler's time limit or preemption), SIGINT (Ctrl-C) or SIGUSR1 (SLURM's
+    --signal) in the middle of an epoch: the run writes a checkpoint of the step it reached,
+    says how to resume and exits with 128 + the signal; resumed, it ends bit-identical to an
+    uninterrupted run."""
+    def command(out, resume=False):
+        return [sys.executable, "-m", "pretrain", str(SMOKE / "kdcl_minlogit.yaml"),
+                *tiny_overrides(tiny_root, out, **{"optim.epochs": 2, "optim.batch_size": 4,
+                                                   "train.log_interval": 1,
+                                                   "train.deterministic": True,
+                                                   "data.workers": 1}),
+                *(["--resume"] if resume else [])]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight = tmp_path / "straight"
+    subprocess.run(command(straight), check=True, cwd=REPO, env=env, capture_output=True)
+    stopped = tmp_path / "stopped"
+    run_dir = stopped / "runs/smoke/kdcl_minlogit/seed0"
+    proc = subprocess.Popen(command(stopped), cwd=REPO, env=env, stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True)
+    deadline = time.time() + 120
+    while not (run_dir / "metrics.jsonl").is_file() or \
+            '"step": 2,' not in (run_dir / "metrics.jsonl").read_text():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signum)
+    err = proc.communicate(timeout=120)[1]
+    name = signal.Signals(signum).name
+    assert proc.returncode == 128 + signum, err
+    assert f"stopped by {name} at epoch 1, step " in err and "--resume" in err, err
+    assert "Traceback" not in err
+    partial = torch.load(run_dir / "checkpoint.pth", weights_only=True)["partial"]
+    assert 2 <= partial["step"] < 8  # mid-epoch: 8 steps an epoch
+    resumed = subprocess.run(command(stopped, resume=True), cwd=REPO, env=env,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"at epoch 1, step {partial['step']}" in resumed.stderr
+    for student in ("resnet18", "mobilenet_v2_x0.5"):
+        a = torch.load(straight / f"runs/smoke/kdcl_minlogit/seed0/export/{student}.pth",
+                       weights_only=True)
+        b = torch.load(run_dir / f"export/{student}.pth", weights_only=True)
+        assert all(torch.equal(a[k], b[k]) for k in a), student
+    # the epoch's metrics are whole too: the training loss of epoch 1 summed over both processes
+    epochs = [[json.loads(line) for line in (out / "runs/smoke/kdcl_minlogit/seed0/"
+                                             "metrics.jsonl").read_text().splitlines()
+               if json.loads(line)["kind"] == "epoch"] for out in (straight, stopped)]
+    assert epochs[0][0]["train/resnet18/ce"] == pytest.approx(epochs[1][0]["train/resnet18/ce"])

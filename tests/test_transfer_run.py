@@ -437,3 +437,48 @@ def test_the_pixel_limit_is_no_part_of_a_run_s_identity(tmp_path, tiny_coco, bac
     assert run("smoke_faster_rcnn_fpn", backbone, tiny_coco, tmp_path,
                "data.max_image_pixels=1000000", flags=["--resume"]) == 0
     assert "is already finished" in capsys.readouterr().err
+
+
+def test_sigterm_mid_epoch_checkpoints_the_step_and_resumes_to_the_same_weights(
+        tmp_path, tiny_coco, backbones):
+    """The torchvision engine stops on SIGTERM at the step it reached, with a checkpoint of it,
+    and resumed from there ends with the weights of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    def command(out, *flags):
+        return [sys.executable, "-m", "transfer", str(TV / "smoke_faster_rcnn_fpn.yaml"),
+                "--backbone", str(backbones["resnet18"]),
+                *tiny_transfer_overrides(tiny_coco, out, **{
+                    "optim.epochs": 2, "optim.milestones": "[2]", "train.log_interval": 1}),
+                *flags]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(command(tmp_path / "straight"), check=True, cwd=REPO, env=env,
+                   capture_output=True)
+    proc = subprocess.Popen(command(tmp_path / "stopped"), cwd=REPO, env=env,
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    metrics = []
+    deadline = time.time() + 120
+    while not any('"step": 2,' in m.read_text() for m in metrics):
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() < deadline
+        metrics = list((tmp_path / "stopped").rglob("metrics.jsonl"))
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM at epoch 1" in err, err
+    (run_dir,) = [m.parent for m in metrics]
+    assert torch.load(run_dir / "checkpoint.pth", weights_only=True)["partial"]["step"] < 6
+    resumed = subprocess.run(command(tmp_path / "stopped", "--resume"), cwd=REPO, env=env,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0 and "at epoch 1, step" in resumed.stderr, resumed.stderr
+    (straight,) = (tmp_path / "straight").rglob("checkpoint.pth")
+    a = torch.load(straight, weights_only=True)["model"]
+    b = torch.load(run_dir / "checkpoint.pth", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -51,6 +51,12 @@ def test_toy_run_of_every_stage(tmp_path):
     assert any("SyncBN" in line for line in stages["sem_fpn"]["fallbacks"])
     md = (report_dir / "report.md").read_text()
     assert "| bench | passed |" in md and "# Acceptance run (toy)" in md
+    # every stage's log in one file beside the report, for a node that hands back a few files
+    with tarfile.open(report_dir / "logs.tar.gz") as tar:
+        logs = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    ran = [n for n, r in stages.items() if r["status"] != "skipped"]
+    assert set(logs) == {f"logs/{n}.log" for n in ran}
+    assert all(logs[f"logs/{n}.log"].startswith(b"$ python -m ") for n in ran)
 
 
 def test_an_unknown_stage_is_refused(tmp_path):

@@ -59,7 +59,7 @@ pip_site() { "$py" -m pip install -q --no-index --no-deps --no-compile --no-cach
 # A CPU-only build of a torch extension: with no GPU visible, mmcv's and Detectron2's setup.py
 # compile their C++ ops only, in a fraction of the CUDA build's time.
 build_cpu() { CUDA_VISIBLE_DEVICES= FORCE_CUDA=0 MMCV_WITH_OPS=1 MAX_JOBS=$(nproc) \
-                "$py" -m pip install -q --no-index --no-deps --no-build-isolation \
+                "$py" -m pip install -q --no-index --no-deps --no-build-isolation --upgrade \
                 --disable-pip-version-check --target "$site" "$@"; }
 
 has torch && has torchvision || { echo "error: $py has no torch/torchvision" >&2; exit 2; }

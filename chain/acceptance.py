@@ -25,12 +25,14 @@ tests/test_acceptance.py runs it so, so the command cannot rot between GPU runs.
 
 The report (`report.json` and `report.md` in --report) is rewritten after every stage: a slow
 or failing stage cannot lose the others' results. Each stage's output is in `logs/<stage>.log`
-under --work. Both default to runs/acceptance (not tracked); the reports of real GPU runs that
+under --work, and all of them in `logs.tar.gz` beside the report (one file to bring back from a
+node). Both default to runs/acceptance (not tracked); the reports of real GPU runs that
 the README quotes are copied to results/acceptance.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shutil
@@ -38,6 +40,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tarfile
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -45,7 +48,7 @@ from pathlib import Path
 from typing import Callable
 
 from kdcl_common import KdclError
-from kdcl_common.io import atomic_write_json, atomic_write_text
+from kdcl_common.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 PASSED, FAILED, TIMEOUT, SKIPPED = "passed", "failed", "timeout", "skipped"
 MODES = ("gpu", "toy")
@@ -449,6 +452,15 @@ def fallbacks(log: Path) -> list[str]:
 
 
 # -------------------------------------------------------------------------------------- report
+def logs_archive(folder: Path) -> bytes:
+    """The stages' logs as one .tar.gz (logs/<stage>.log)."""
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w:gz") as tar:
+        for log in sorted(folder.glob("*.log")):
+            tar.add(log, arcname=f"logs/{log.name}")
+    return data.getvalue()
+
+
 def environment(mode: str) -> dict:
     import torch
 
@@ -579,6 +591,7 @@ def main(argv: list[str] | None = None) -> int:
         report["seconds"] = round(time.monotonic() - start, 1)
         atomic_write_json(report_dir / "report.json", report)
         atomic_write_text(report_dir / "report.md", markdown(report))
+        atomic_write_bytes(report_dir / "logs.tar.gz", logs_archive(ctx.path("logs")))
         print(f"[acceptance] {stage.name}: {result['status']}"
               + (f" in {result['seconds']} s" if "seconds" in result else "")
               + (f" ({result['why']})" if "why" in result else ""), flush=True)
@@ -599,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
             for future in done:
                 finished(running.pop(future), future.result())
     print(markdown(report))
-    print(f"[acceptance] wrote {report_dir / 'report.json'} and report.md")
+    print(f"[acceptance] wrote {report_dir / 'report.json'}, report.md and logs.tar.gz")
     failed = [n for n, r in report["stages"].items() if r["status"] in (FAILED, TIMEOUT)]
     return 1 if failed else 0
 

@@ -13,7 +13,10 @@
 # with its CPU ops (nothing the acceptance configs run needs mmcv's CUDA ops: Mask R-CNN uses
 # torchvision's roi_align, Semantic FPN and UPerNet no mmcv op), and Detectron2 where
 # DIR/detectron2/ holds its source (CPU ops only, likewise). A rerun on the same node reuses
-# --site. The seconds of each step go into the report (setup.json beside it).
+# --site. The seconds of each step go into the report (setup.json beside it), their output into
+# setup.log there; a step that fails is noted and the check goes on (its stages then fail or
+# skip, saying why). What the report folder ends with: report.json, report.md, logs.tar.gz (each
+# stage's log), setup.json and setup.log.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -27,20 +30,28 @@ while (($#)); do
     --wheels) wheels=$2; shift 2 ;;
     --site) site=$2; shift 2 ;;
     --report) report=$2; args+=("$1" "$2"); shift 2 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) args+=("$1"); shift ;;
   esac
 done
 mkdir -p "$site" "$report"
+log=$report/setup.log
+: > "$log"
 export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
 steps=()
 say() { echo "[gpu_check] $*"; }
-timed() {  # timed NAME COMMAND...: run, and note its seconds for the report
+timed() {  # timed NAME COMMAND...: run, and note its seconds (or its failure) for the report
   local name=$1 start=$SECONDS; shift
   say "$name ..."
-  "$@"
-  steps+=("\"$name\": $((SECONDS - start))")
-  say "$name: $((SECONDS - start)) s"
+  echo "[gpu_check] $name: $*" >> "$log"
+  if "$@" >> "$log" 2>&1; then
+    steps+=("\"$name\": $((SECONDS - start))")
+    say "$name: $((SECONDS - start)) s"
+  else
+    steps+=("\"$name\": \"failed after $((SECONDS - start)) s (setup.log)\"")
+    say "$name FAILED after $((SECONDS - start)) s; the end of setup.log:"
+    tail -n 20 "$log"
+  fi
 }
 has() { "$py" -c "import $1" >/dev/null 2>&1; }
 pip_site() { "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
@@ -48,7 +59,7 @@ pip_site() { "$py" -m pip install -q --no-index --no-deps --no-compile --no-cach
 # A CPU-only build of a torch extension: with no GPU visible, mmcv's and Detectron2's setup.py
 # compile their C++ ops only, in a fraction of the CUDA build's time.
 build_cpu() { CUDA_VISIBLE_DEVICES= FORCE_CUDA=0 MMCV_WITH_OPS=1 MAX_JOBS=$(nproc) \
-                "$py" -m pip install -q --no-index --no-deps --no-build-isolation \
+                "$py" -m pip install -q --no-index --no-deps --no-build-isolation --upgrade \
                 --disable-pip-version-check --target "$site" "$@"; }
 
 has torch && has torchvision || { echo "error: $py has no torch/torchvision" >&2; exit 2; }

@@ -4,6 +4,7 @@
 #   bash scripts/setup.sh                  # .venv/ in the repository (or $KDCL_VENV)
 #   bash scripts/setup.sh --current-env    # install into the active Python (e.g. a conda env)
 #   bash scripts/setup.sh --detectron2     # also build Detectron2 from its git repository
+#   bash scripts/setup.sh --detectron2=SRC # ... or from a local source: archive or checkout
 #
 # Steps, each skipped when already done:
 #   1. a virtual environment with Python >= 3.10;
@@ -11,7 +12,8 @@
 #   3. mmcv with its compiled ops (about 10 minutes on 2 cores, once: the wheel is cached in
 #      $KDCL_WHEEL_CACHE, by default ~/.cache/kdcl-bench/wheels);
 #   4. this project, editable;
-#   5. optionally Detectron2 (not on PyPI; needs network access to GitHub).
+#   5. optionally Detectron2 (not on PyPI): from GitHub, or from SRC (CI builds it from the
+#      archive in ../shared/deps), with requirements/detectron2.txt's versions of its needs.
 # A stamp file records what was installed, so a second call returns in about a second.
 set -euo pipefail
 
@@ -22,11 +24,17 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${KDCL_VENV:-$root/.venv}
 current_env=0
 with_detectron2=0
+detectron2_src=$DETECTRON2_GIT
 for arg in "$@"; do
   case "$arg" in
     --current-env) current_env=1 ;;
     --detectron2) with_detectron2=1 ;;
-    -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    --detectron2=*)
+      with_detectron2=1
+      detectron2_src=$(realpath -e -- "${arg#*=}" 2>/dev/null) || {
+        echo "setup.sh: --detectron2=${arg#*=}: no such file or folder (give a Detectron2 source archive or checkout, or --detectron2 alone for its git repository)" >&2
+        exit 2; } ;;
+    -h|--help) sed -n '2,19p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "setup.sh: unknown option '$arg' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -58,7 +66,8 @@ else
 fi
 
 stamp="$stamp_dir/.kdcl-bench-setup"
-want=$(cat "$root/requirements/lock.txt" "$root/pyproject.toml" "${BASH_SOURCE[0]}" | sha256sum | cut -c1-16)
+want=$(cat "$root"/requirements/{lock,detectron2}.txt "$root/pyproject.toml" "${BASH_SOURCE[0]}" \
+       | sha256sum | cut -c1-16)
 has_detectron2() { "$py" -c 'import detectron2' 2>/dev/null; }
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && { [ "$with_detectron2" = 0 ] || has_detectron2; }; then
   step "environment up to date ($stamp_dir)"
@@ -101,8 +110,9 @@ step "installing kdcl-bench (editable)"
 
 # --- 5. Detectron2 (optional) ------------------------------------------------------------------
 if [ "$with_detectron2" = 1 ] && ! has_detectron2; then
-  step "building Detectron2 from $DETECTRON2_GIT (a few minutes)"
-  "${pip[@]}" install -q --no-build-isolation --use-pep517 "$DETECTRON2_GIT" \
+  step "building Detectron2 from $detectron2_src (3-5 minutes on 2 cores)"
+  "${pip[@]}" install -q --no-build-isolation --use-pep517 -c "$root/requirements/lock.txt" \
+    -r "$root/requirements/detectron2.txt" "$detectron2_src" \
     || die "could not build Detectron2; see https://detectron2.readthedocs.io/en/latest/tutorials/install.html"
 fi
 

@@ -3,6 +3,8 @@ Detectron2's config system, fidelity and training need Detectron2, which is not 
 skipped with that reason where it is not installed."""
 import importlib.util
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -87,6 +89,20 @@ def test_missing_detectron2_says_how_to_install(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "Detectron2 is not installed" in err and "scripts/setup.sh --detectron2" in err
     assert "git+https://github.com/facebookresearch/detectron2.git" in err
+
+
+def test_setup_refuses_a_detectron2_source_that_is_not_there(tmp_path):
+    """scripts/setup.sh --detectron2=SRC (CI: the archive in ../shared/deps) checks SRC before it
+    creates or installs anything."""
+    venv = tmp_path / "venv"
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "setup.sh"),
+                           f"--detectron2={tmp_path / 'detectron2.tar.gz'}"],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "KDCL_VENV": str(venv)})
+    assert proc.returncode == 2 and not venv.exists()
+    assert proc.stderr == (f"setup.sh: --detectron2={tmp_path / 'detectron2.tar.gz'}: no such file "
+                           "or folder (give a Detectron2 source archive or checkout, or "
+                           "--detectron2 alone for its git repository)\n")
 
 
 # ------------------------------------------------------------------- with Detectron2 installed

@@ -39,6 +39,11 @@ def _forwarding(pid: int, received: list[int], translate: dict[int, int]):
         except ProcessLookupError:
             pass
 
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # handlers live there only
+        yield
+        return
     previous = {s: signal.signal(s, forward) for s in FORWARDED}
     try:
         yield

@@ -14,6 +14,10 @@ module outside a backend's package names one:
                   `{arch}` has no config for an architecture missing here
     launcher      None: torchrun starts its processes; else the framework's own launcher
                   and the options that give it GPUs and machines (Detectron2's `launch`)
+    data_overrides  config overrides that point its configs at COCO-format data in `{data}`
+                  (the acceptance check's generated scenes)
+    short_run     config overrides that shrink a smoke config to a few iterations (the
+                  acceptance check's toy mode)
 
 The order of REGISTRY is the order of plans and tables. Adding a backend is one package and one
 line: transfer/backends/<name>/ with a `Backend` subclass and its weight-name conversion
@@ -69,6 +73,8 @@ class BackendEntry:
     configs: dict[str, tuple[str, ...]] = field(default_factory=dict)
     arch_tags: dict[str, str] = field(default_factory=dict)
     launcher: OwnLauncher | None = None
+    data_overrides: tuple[str, ...] = ()
+    short_run: tuple[str, ...] = ()
 
     @property
     def config_folder(self) -> Path:
@@ -101,7 +107,10 @@ REGISTRY: tuple[BackendEntry, ...] = (
                  "paper": ("faster_rcnn_fpn_paper14ep_syncbn.yaml",
                            "mask_rcnn_fpn_paper14ep_syncbn.yaml"),
                  "acceptance": ("acceptance_faster_rcnn_fpn.yaml",
-                                "acceptance_mask_rcnn_fpn.yaml")}),
+                                "acceptance_mask_rcnn_fpn.yaml")},
+        data_overrides=("data.dataset=coco", "data.root={data}"),
+        short_run=("optim.epochs=1", "optim.milestones=[]", "optim.warmup_epochs=0",
+                   "data.workers=1", "model.min_size=96", "model.max_size=128")),
     BackendEntry(
         "detectron2", "transfer.backends.detectron2", "detectron2", COCO,
         configs={"smoke": ("faster_rcnn_{arch}_FPN_smoke.yaml", "mask_rcnn_{arch}_FPN_smoke.yaml"),
@@ -109,14 +118,21 @@ REGISTRY: tuple[BackendEntry, ...] = (
                            "mask_rcnn_{arch}_FPN_paper14ep_syncbn.yaml"),
                  "acceptance": ("mask_rcnn_{arch}_FPN_acceptance.yaml",)},
         arch_tags={"resnet18": "R18", "resnet50": "R50", "mobilenet_v2": "MBV2"},
-        launcher=OwnLauncher("--num-gpus", "--num-machines", "--machine-rank", "--dist-url")),
+        launcher=OwnLauncher("--num-gpus", "--num-machines", "--machine-rank", "--dist-url"),
+        data_overrides=("KDCL.DATA_ROOT={data}", "KDCL.SYNTHETIC=False"),
+        short_run=("SOLVER.MAX_ITER=4", "SOLVER.STEPS=(3,)", "SOLVER.WARMUP_ITERS=1",
+                   "SOLVER.CHECKPOINT_PERIOD=4", "DATALOADER.NUM_WORKERS=1")),
     BackendEntry(
         "mmseg", "transfer.backends.mmseg", "mmseg", COCO_STUFF,
         configs={"smoke": ("sem-fpn_{arch}_smoke.py",),
                  "paper": ("sem-fpn_{arch}_80k_syncbn_coco-stuff164k-512x512.py",
                            "upernet_{arch}_80k_syncbn_coco-stuff164k-512x512.py"),
                  "acceptance": ("sem-fpn_{arch}_acceptance.py", "upernet_{arch}_acceptance.py")},
-        arch_tags={"resnet18": "r18", "resnet50": "r50", "mobilenet_v2": "mbv2"}),
+        arch_tags={"resnet18": "r18", "resnet50": "r50", "mobilenet_v2": "mbv2"},
+        data_overrides=("train_dataloader.dataset.data_root={data}",
+                        "val_dataloader.dataset.data_root={data}", "kdcl.synthetic=False"),
+        short_run=("train_cfg.max_iters=4", "train_cfg.val_interval=4",
+                   "train_dataloader.num_workers=1", "val_dataloader.num_workers=1")),
 )
 
 

@@ -51,7 +51,8 @@ class Backend(Base):
             device=cfg.train.device, resumable_keys=config.RESUMABLE,
             recovery_keys=config.RECOVERY, evaluation_keys=config.EVALUATION,
             other_run="seed=<n> or name=<new name>", evaluation_split=cfg.data.val_split,
-            extra={"detector": cfg.model.detector, "epochs": cfg.optim.epochs},
+            extra={"detector": cfg.model.detector, "epochs": cfg.optim.epochs,
+                   "images_per_batch": cfg.optim.batch_size},
             location_keys=config.LOCATIONS,
             data=None if cfg.data.dataset == "synthetic" else (cfg.data.root, split_files(
                 cfg.data.train_split, cfg.data.val_split)))

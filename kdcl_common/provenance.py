@@ -13,8 +13,10 @@ from pathlib import Path
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# the libraries whose versions a record keeps (a transfer backend's own is there too: those
+# installed are listed, by their distribution names)
 LIBRARIES = ("torch", "torchvision", "numpy", "pillow", "omegaconf", "mmcv", "mmengine",
-             "mmsegmentation", "detectron2", "pycocotools", "pandas")
+             "mmsegmentation", "mmdet", "detectron2", "pycocotools", "pandas")
 
 
 @lru_cache(maxsize=1)

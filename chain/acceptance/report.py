@@ -8,6 +8,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+from transfer import backends
+
 from .stages import importable
 
 
@@ -28,8 +30,8 @@ def environment(mode: str) -> dict:
     env = provenance.environment()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"mode": mode, "gpu": gpu, "cpu_cores": os.cpu_count(), "python": sys.version.split()[0],
-            "optional": {m: importable(m) for m in ("pycocotools", "mmcv", "mmseg",
-                                                     "detectron2")},
+            "optional": {m: importable(m) for m in
+                         ("pycocotools", "mmcv", *(e.requires for e in backends.REGISTRY))},
             **{k: env[k] for k in ("created", "host", "platform", "cuda", "devices",
                                    "versions", "git_commit", "git_dirty")}}
 

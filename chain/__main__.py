@@ -5,7 +5,8 @@
   python -m chain --only pretrain               # a subset: stage, backend or part of a label
   python -m chain --only transfer --only mmseg  # (several --only: any of them)
   CIFAR100_ROOT=/data/cifar-100-python python -m chain --preset cifar
-  IMAGENET_ROOT=... COCO_ROOT=... COCO_STUFF_ROOT=... NPROC_PER_NODE=8 python -m chain --preset paper
+  IMAGENET_ROOT=... COCO_ROOT=... COCO_STUFF_ROOT=... NPROC_PER_NODE=8 \\
+      python -m chain --preset paper
 
 On SLURM, every step is its own job, in dependency order (chain/slurm.py):
 

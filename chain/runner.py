@@ -63,7 +63,8 @@ def run(argv: list[str], env: dict | None = None, log: Path | None = None,
     out = open(log, "a") if log is not None else None
     received: list[int] = []
     try:
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
+        proc = subprocess.Popen(argv, env=env, stdout=out,
+                                stderr=subprocess.STDOUT if out else None,
                                 start_new_session=True)
         with _forwarding(proc.pid, received, translate or {}):
             while True:

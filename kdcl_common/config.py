@@ -191,7 +191,8 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of keys to values, not {type(data).__name__}")
+        raise ConfigError(f"{path} must hold a mapping of keys to values, "
+                          f"not {type(data).__name__}")
     bases = data.pop(BASE_KEY, [])
     bases = [bases] if isinstance(bases, str) else bases
     if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):

@@ -31,7 +31,8 @@ def polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[Po
     if shape == "triangle":
         return ring(3, r)
     if shape == "diamond":
-        return [(cx + (x - cx) * (1.0 if i % 2 == 0 else 0.55), cy + (y - cy) * (1.0 if i % 2 == 0 else 0.55))
+        return [(cx + (x - cx) * (1.0 if i % 2 == 0 else 0.55),
+                 cy + (y - cy) * (1.0 if i % 2 == 0 else 0.55))
                 for i, (x, y) in enumerate(ring(4, r))]
     if shape == "star":
         outer, inner = ring(5, r), ring(5, 0.45 * r, math.pi / 5)

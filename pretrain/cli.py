@@ -31,10 +31,12 @@ config keys (key = default, then what it means):
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pretrain", description="Train students together (KDCL and its baselines), then export them.",
+        prog="python -m pretrain",
+        description="Train students together (KDCL and its baselines), then export them.",
         epilog=EXAMPLES + "\n".join(describe(config.schema())),
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="a YAML config, e.g. pretrain/configs/smoke/kdcl_minlogit.yaml")
+    parser.add_argument("config",
+                        help="a YAML config, e.g. pretrain/configs/smoke/kdcl_minlogit.yaml")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. optim.lr=0.2 students.0.arch=resnet34")
     runs.add_arguments(parser, weights="KD teacher weights")

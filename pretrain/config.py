@@ -201,7 +201,8 @@ def validate(cfg: PretrainConfig) -> None:
         raise ConfigError(f"method.temperature must be > 0, got {cfg.method.temperature}")
     for problem in schedule.check(cfg.optim):
         raise ConfigError(problem)
-    if len(cfg.data.crop_scale) != 2 or not 0 < cfg.data.crop_scale[0] <= cfg.data.crop_scale[1] <= 1:
+    if (len(cfg.data.crop_scale) != 2
+            or not 0 < cfg.data.crop_scale[0] <= cfg.data.crop_scale[1] <= 1):
         raise ConfigError(f"data.crop_scale must be [low, high] within (0, 1], "
                           f"got {cfg.data.crop_scale}")
 

@@ -268,7 +268,8 @@ class Trainer:
             seen += labels.numel()
             if covariance:
                 n = labels.numel()
-                cov += soft_targets.error_covariance(probs, labels, self.cfg.method.general_error) * n
+                cov += soft_targets.error_covariance(probs, labels,
+                                                     self.cfg.method.general_error) * n
         kdist.all_reduce_sum(hits)
         kdist.all_reduce_sum(seen)
         acc = (100 * hits / seen.clamp_min(1)).tolist()

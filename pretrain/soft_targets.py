@@ -164,7 +164,8 @@ def linear_weights(logits: Tensor, labels: Tensor, iterations: int = 16) -> Tens
         kkt[:, :, :S, :S] = hess[:, None] * pair_mask + off_support
         rhs[:, :, :S] = -q[:, None] * masks
         beta = torch.linalg.solve_ex(kkt, rhs)[0][..., :S]  # [B, K, S]
-        model = (q[:, None] * beta).sum(-1) + 0.5 * torch.einsum("bks,bst,bkt->bk", beta, hess, beta)
+        model = ((q[:, None] * beta).sum(-1)
+                 + 0.5 * torch.einsum("bks,bst,bkt->bk", beta, hess, beta))
         model = model.masked_fill((beta < -1e-7).any(-1) | ~torch.isfinite(model), float("inf"))
         target = beta[rows, model.argmin(1)].clamp_min(0)
         target = target / target.sum(1, keepdim=True)

@@ -90,7 +90,8 @@ def test_only_selects_stages_backends_and_names():
     assert len(general) == 1 and general[0].stage == "pretrain"
     assert plan.select(steps, []) == steps
     with pytest.raises(ValueError, match="--only nonsense matches no step.*a stage \\(pretrain, "
-                                         "transfer, robustness, results\\), a backend \\(mmseg, torchvision\\)"):
+                                         "transfer, robustness, results\\), "
+                                         "a backend \\(mmseg, torchvision\\)"):
         plan.select(steps, ["pretrain", "nonsense"])
 
 

@@ -65,7 +65,8 @@ def test_dataset_targets(tiny_coco):
     assert train.num_classes == 5 and len(val) == TINY_COCO["val_images"]
     assert len(train) < TINY_COCO["train_images"]  # images without targets are left out
     image, target = train[(0, 0)]
-    assert image.dtype == torch.float32 and image.shape[0] == 3 and 0 <= image.min() <= image.max() <= 1
+    assert (image.dtype == torch.float32 and image.shape[0] == 3
+            and 0 <= image.min() <= image.max() <= 1)
     assert target["boxes"].shape[1] == 4 and target["labels"].min() >= 1
     assert target["masks"].shape[0] == len(target["labels"])
     # crowd regions are never training targets

@@ -58,7 +58,8 @@ def test_unknown_method_and_bad_values():
 def test_missing_environment_variable_says_what_to_export(tmp_path, monkeypatch):
     monkeypatch.delenv("KDCL_TEST_ROOT", raising=False)
     cfg = tmp_path / "env.yaml"
-    cfg.write_text(f"_base_: {SMOKE / '_base.yaml'}\ndata: {{root: '${{oc.env:KDCL_TEST_ROOT}}'}}\n")
+    cfg.write_text(f"_base_: {SMOKE / '_base.yaml'}\n"
+                   "data: {root: '${oc.env:KDCL_TEST_ROOT}'}\n")
     with pytest.raises(ConfigError, match="export KDCL_TEST_ROOT=.*data.root="):
         config.load(cfg)
     monkeypatch.setenv("KDCL_TEST_ROOT", str(tmp_path / "x"))
@@ -215,7 +216,8 @@ def test_a_key_added_since_a_run_was_saved_is_the_same_run_at_its_default():
            "method": {"name": "kdcl_minlogit", "ce_weight": 1.0, "splits": []}}
     assert config_diff(saved, now, defaults=RUNS.defaults) == []
     changed = {**now, "data": {**now["data"], "cutout": True}}
-    assert config_diff(saved, changed, defaults=RUNS.defaults) == ["  data.cutout: '<absent>' -> True"]
+    assert (config_diff(saved, changed, defaults=RUNS.defaults)
+            == ["  data.cutout: '<absent>' -> True"])
     assert config_diff(now, saved, defaults=RUNS.defaults)  # a key removed is a difference
 
 

@@ -14,8 +14,8 @@ from transfer.backends.torchvision.config import ModelConfig
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
-@pytest.mark.parametrize("arch,kwargs", [("resnet18", {}), ("resnet50", {}),
-                                         ("mobilenet_v2", {}), ("mobilenet_v2", {"width_mult": 0.5})])
+@pytest.mark.parametrize("arch,kwargs", [("resnet18", {}), ("resnet50", {}), ("mobilenet_v2", {}),
+                                         ("mobilenet_v2", {"width_mult": 0.5})])
 @pytest.mark.parametrize("norm", ["bn", "frozen_bn"])
 def test_torchvision_target_gives_the_same_feature_maps(arch, kwargs, norm):
     torch.manual_seed(0)
@@ -53,13 +53,15 @@ def test_detectron2_resnet_names_by_hand():
     r18 = convert.convert(state_of("resnet18"), "resnet18", "detectron2").state
     assert "res2.0.shortcut.weight" not in r18 and "res3.0.shortcut.weight" in r18
     mbv2 = convert.convert(state_of("mobilenet_v2", width_mult=0.5), "mobilenet_v2", "detectron2")
-    assert "features.18.1.running_mean" in mbv2.state and not any("classifier" in k for k in mbv2.state)
+    assert "features.18.1.running_mean" in mbv2.state
+    assert not any("classifier" in k for k in mbv2.state)
 
 
 def test_unused_source_keys_are_listed():
     state = state_of("resnet18")
     state["layer5.0.conv1.weight"] = torch.zeros(1)
-    with pytest.raises(convert.ConversionError, match="1 weights .* no place .*layer5.0.conv1.weight"):
+    with pytest.raises(convert.ConversionError,
+                       match="1 weights .* no place .*layer5.0.conv1.weight"):
         convert.convert(state, "resnet18", "detectron2")
 
 

@@ -139,7 +139,8 @@ def test_icl_views_differ_and_are_reproducible(tiny_root):
 
 def test_global_batches_do_not_depend_on_the_number_of_ranks():
     one = list(sampling.GlobalBatchSampler(50, 12, rank=0, world_size=1, seed=5))
-    halves = [list(sampling.GlobalBatchSampler(50, 12, rank=r, world_size=2, seed=5)) for r in (0, 1)]
+    halves = [list(sampling.GlobalBatchSampler(50, 12, rank=r, world_size=2, seed=5))
+              for r in (0, 1)]
     assert len(one) == 4
     for step, batch in enumerate(one):
         assert batch == halves[0][step] + halves[1][step]
@@ -148,7 +149,8 @@ def test_global_batches_do_not_depend_on_the_number_of_ranks():
 
 
 def test_eval_shards_cover_every_image_once():
-    shards = [[key for batch in sampling.ShardSampler(23, 4, r, 3) for key in batch] for r in range(3)]
+    shards = [[key for batch in sampling.ShardSampler(23, 4, r, 3) for key in batch]
+              for r in range(3)]
     positions = sorted(pos for shard in shards for _, pos in shard)
     assert positions == list(range(23))
 

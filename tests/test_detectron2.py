@@ -36,7 +36,8 @@ def chain(path: Path) -> dict:
 
     def merge(a, b):
         for k, v in b.items():
-            a[k] = merge(a.get(k, {}), v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+            a[k] = (merge(a.get(k, {}), v) if isinstance(v, dict) and isinstance(a.get(k), dict)
+                    else v)
         return a
     return merge(merged, data)
 
@@ -70,7 +71,8 @@ def test_paper_protocol_is_the_papers():
         assert cfg["MODEL"][key]["NORM"] == "SyncBN", key
     frozen = chain(D2_CONFIGS / "_1x_frozenbn.yaml")
     assert frozen["MODEL"]["BACKBONE"]["FREEZE_AT"] == 2
-    assert frozen["MODEL"]["RESNETS"]["NORM"] == frozen["MODEL"]["MOBILENET_V2"]["NORM"] == "FrozenBN"
+    assert (frozen["MODEL"]["RESNETS"]["NORM"] == frozen["MODEL"]["MOBILENET_V2"]["NORM"]
+            == "FrozenBN")
 
 
 def test_cli_routes_detectron2_yaml_to_detectron2():
@@ -161,8 +163,10 @@ def test_detectron2_backbone_gives_the_same_feature_maps(tmp_path, config, arch,
         d2_maps = model.backbone.bottom_up(d2_input)
         mean = torch.tensor(meta["preprocessing"]["mean"]).view(1, 3, 1, 1)
         std = torch.tensor(meta["preprocessing"]["std"]).view(1, 3, 1, 1)
-        tv_maps = convert.torchvision_features(source, arch, (image[None].float() / 255 - mean) / std)
-    error = convert.max_relative_error(tv_maps, [d2_maps[k] for k in ("res2", "res3", "res4", "res5")])
+        tv_maps = convert.torchvision_features(source, arch,
+                                               (image[None].float() / 255 - mean) / std)
+    error = convert.max_relative_error(tv_maps,
+                                       [d2_maps[k] for k in ("res2", "res3", "res4", "res5")])
     assert error < 1e-4
 
 
@@ -184,7 +188,8 @@ def test_detectron2_trains_a_few_iterations_and_writes_a_record(tmp_path, tiny_c
     # pycocotools' tables) in log.txt
     out, err = capsys.readouterr()
     assert out == "" and all(" transfer] " in line for line in err.splitlines()), err
-    for expected in ("writing to ", "iter 3/3 | loss ", "evaluating on 6 images", "result: bbox_AP"):
+    for expected in ("writing to ", "iter 3/3 | loss ", "evaluating on 6 images",
+                     "result: bbox_AP"):
         assert expected in err
     (record,) = read_records(tmp_path)
     assert record["backend"] == "detectron2" and record["task"] == "instance_segmentation"

@@ -27,7 +27,8 @@ def test_one_step_on_two_ranks_equals_one_step_on_one_rank(tmp_path, tiny_root):
     students: with BatchNorm each rank would normalise with its own half-batch statistics
     (SyncBatchNorm, which would remove the difference, runs only on GPUs)."""
     overrides = {
-        "students": "[{arch: cifar_resnet20, kwargs: {norm: gn}}, {arch: wrn_16_2, kwargs: {norm: gn}}]",
+        "students": "[{arch: cifar_resnet20, kwargs: {norm: gn}}, "
+                    "{arch: wrn_16_2, kwargs: {norm: gn}}]",
         "data.held_out_per_class": 0, "optim.batch_size": 40, "optim.epochs": 1,
         "optim.lr": 0.5, "optim.schedule": "multistep",
     }

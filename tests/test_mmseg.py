@@ -31,7 +31,8 @@ def test_mmcv_compiled_ops_load_and_run():
     _, keep = nms(boxes, torch.tensor([0.9, 0.8, 0.7]), iou_threshold=0.5)
     assert keep.tolist() == [0, 2]
     features = torch.arange(16.0).view(1, 1, 4, 4)
-    pooled = RoIAlign((2, 2), 1.0, 0)(features, torch.tensor([[0, 0, 0, 4, 4]], dtype=torch.float32))
+    rois = torch.tensor([[0, 0, 0, 4, 4]], dtype=torch.float32)
+    pooled = RoIAlign((2, 2), 1.0, 0)(features, rois)
     assert pooled.shape == (1, 1, 2, 2)
 
 
@@ -78,7 +79,7 @@ def test_configs_load_with_mmengine(path):
         assert f"_r{backbone.depth}_" in path.name
     head = {"sem-fpn": "FPNHead", "upernet": "UPerHead"}[path.stem.split("_")[0]]
     assert cfg.model.decode_head.type == head
-    assert cfg.model.pretrained is None and backbone.init_cfg is None  # weights come from --backbone
+    assert cfg.model.pretrained is None and backbone.init_cfg is None  # weights come via --backbone
 
 
 def test_unknown_override_names_the_nearest_key():
@@ -235,7 +236,8 @@ def test_weights_left_by_a_stopped_run_are_never_trained_from(tmp_path, tiny_coc
     assert cli.main(command(backbone, tiny_coco, tmp_path, 2, 1000, "--resume")[3:]) == 0
     assert cli.main(command(backbone, tiny_coco, tmp_path / "fresh", 2, 1000)[3:]) == 0
     assert_same_weights(final_weights(tmp_path / "runs", 2), final_weights(tmp_path / "fresh", 2))
-    assert record_of(tmp_path)["backbone_sha256"] == record_of(tmp_path / "fresh")["backbone_sha256"]
+    assert (record_of(tmp_path)["backbone_sha256"]
+            == record_of(tmp_path / "fresh")["backbone_sha256"])
 
 
 def test_the_console_holds_the_projects_lines_and_log_txt_the_frameworks(tmp_path, tiny_coco,

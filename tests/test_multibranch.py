@@ -153,7 +153,8 @@ def test_clnn_loss_by_hand():
     for h in range(4):
         others = torch.stack([z[j] for j in range(4) if j != h]).mean(0)
         torch.testing.assert_close(terms.kd[h], kl(others, z[h], T))
-        expected = expected + beta * F.cross_entropy(z[h], labels) + (1 - beta) * kl(others, z[h], T)
+        expected = (expected + beta * F.cross_entropy(z[h], labels)
+                    + (1 - beta) * kl(others, z[h], T))
     torch.testing.assert_close(terms.total, expected)
     # the other heads' mean is a constant: the gradient is that of the hand loss with it fixed
     terms.total.backward()
@@ -215,7 +216,8 @@ def test_parameter_counts_are_table_3s():
         at_layer4 = MultiBranchNet("resnet18", {"num_classes": 1000}, [("layer4", 4)])
         at_layer3 = MultiBranchNet("resnet18", {"num_classes": 1000}, [("layer3", 4)])
     assert round(count(at_layer4) / 1e6, 2) == 38.41 and round(count(at_layer3) / 1e6, 2) == 44.71
-    assert round(count(r18) / 1e6, 2) == 11.69 and round((count(r18) + count(r50)) / 1e6, 2) == 37.25
+    assert round(count(r18) / 1e6, 2) == 11.69
+    assert round((count(r18) + count(r50)) / 1e6, 2) == 37.25
 
 
 @pytest.mark.parametrize("arch,splits,ctor,size", [

@@ -124,7 +124,8 @@ def load_sources(cfg: DataConfig, ctx: DistContext):
                                s.image_size, s.seed)
         barrier()
     train, val = sources.imagefolder_splits(cfg.root, cfg.max_image_pixels)
-    name = "synthetic" if cfg.dataset == "synthetic" else os.path.basename(os.path.normpath(cfg.root))
+    name = ("synthetic" if cfg.dataset == "synthetic"
+            else os.path.basename(os.path.normpath(cfg.root)))
     return train, val, name
 
 
@@ -165,7 +166,8 @@ def build(cfg: DataConfig, views: int, global_batch: int, seed: int, ctx: DistCo
         # A private generator: creating an iterator draws a worker seed from it, which must not
         # shift the training process's global random stream (dropout) when a run is resumed.
         return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=cfg.workers,
-                          collate_fn=Collate(in_workers, augment), pin_memory=pin, persistent_workers=cfg.workers > 0,
+                          collate_fn=Collate(in_workers, augment), pin_memory=pin,
+                          persistent_workers=cfg.workers > 0,
                           prefetch_factor=4 if cfg.workers > 0 else None,
                           generator=torch.Generator().manual_seed(seed))
 

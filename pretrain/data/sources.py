@@ -78,7 +78,8 @@ class FolderSource:
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"image folder {root} does not exist (expected {root}/<class>/<image>)")
-        classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+        classes = sorted(e.name for e in os.scandir(root)
+                         if e.is_dir() and not e.name.startswith("."))
         if not classes:
             raise DataError(f"{root} has no class folders (expected {root}/<class>/<image>)")
         paths: list[str] = []
@@ -129,7 +130,8 @@ class ArraySource:
 
 def imagefolder_splits(root: str | os.PathLike,
                        max_pixels: int = MAX_PIXELS) -> tuple[FolderSource, FolderSource]:
-    """The ImageNet layout: `root/train/<class>/*` and `root/val/<class>/*` with the same classes."""
+    """The ImageNet layout: `root/train/<class>/*` and `root/val/<class>/*` with the same
+    classes."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"dataset folder {root} does not exist: set data.root to a folder with "

@@ -128,7 +128,8 @@ class Policy:
         if self.kind == "random_resized":
             boxes = [random_resized_box(u, height, width, self.scale) for u in rows]
         elif self.kind == "padded_random":  # RandomCrop of the padded image
-            room_y, room_x = height + 2 * self.pad - self.size + 1, width + 2 * self.pad - self.size + 1
+            room_y, room_x = (height + 2 * self.pad - self.size + 1,
+                              width + 2 * self.pad - self.size + 1)
             boxes = [(int(u[POSITION][0] * room_y), int(u[POSITION][1] * room_x), self.size,
                       self.size) for u in rows]
         elif self.kind == "centre":

@@ -96,7 +96,8 @@ class BackendEntry:
                 for pattern in self.configs.get(preset, ()) if tag or "{arch}" not in pattern]
 
 
-COCO = DataVariable("COCO_ROOT", "COCO 2017: train2017/, val2017/, annotations/instances_*2017.json")
+COCO = DataVariable("COCO_ROOT", "COCO 2017: train2017/, val2017/, "
+                                 "annotations/instances_*2017.json")
 COCO_STUFF = DataVariable("COCO_STUFF_ROOT", "COCO-Stuff 164k: images/{train,val}2017, "
                                              "annotations/{train,val}2017")
 

@@ -163,7 +163,8 @@ def _validate_segmentation(seg, image: dict, where: str) -> None:
     if isinstance(seg, list):
         for part in seg:
             if not isinstance(part, list) or len(part) < 6 or len(part) % 2:
-                raise DataError(f"{where} has a polygon with {len(part) if isinstance(part, list) else '?'} "
+                raise DataError(f"{where} has a polygon with "
+                                f"{len(part) if isinstance(part, list) else '?'} "
                                 f"coordinates: a polygon is a flat list [x1, y1, x2, y2, ...] of "
                                 f"at least 3 points")
         return
@@ -224,7 +225,8 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def _targets_of(self, image_id: int) -> list[dict]:
         anns = self.coco.imgToAnns.get(image_id, [])
-        return [a for a in anns if not a.get("iscrowd", 0) and a["bbox"][2] >= 1 and a["bbox"][3] >= 1]
+        return [a for a in anns
+                if not a.get("iscrowd", 0) and a["bbox"][2] >= 1 and a["bbox"][3] >= 1]
 
     def __len__(self) -> int:
         return len(self.ids)

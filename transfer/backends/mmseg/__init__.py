@@ -41,7 +41,8 @@ def require_mmseg() -> None:
         import mmseg  # noqa: F401
     except ImportError as e:
         raise KdclError(f"mmsegmentation cannot be imported ({e}). It needs mmcv 2.1.0 compiled "
-                        f"with its ops: run `bash scripts/setup.sh` (or see README, Set-up)") from None
+                        f"with its ops: run `bash scripts/setup.sh` "
+                        f"(or see README, Set-up)") from None
 
 
 class Backend(Base):
@@ -155,7 +156,7 @@ class Backend(Base):
         cfg = self._runner_config(prepared.cfg, run, self._write_weights(prepared.state, run))
         cfg.resume, cfg.load_from = run.resuming, None
         if run.resuming and run.ctx.is_main:
-            launcher.last_checkpoint(run.run_dir)  # repairs a stale pointer before mmengine reads it
+            launcher.last_checkpoint(run.run_dir)  # fixes a stale pointer before mmengine reads it
         with framework_output(run.run_dir / "log.txt"):
             runner = extensions.QuietRunner.from_cfg(cfg)
             runner.train()

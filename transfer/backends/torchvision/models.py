@@ -90,7 +90,8 @@ def build(cfg: ModelConfig, arch: str, arch_kwargs: dict, num_classes: int,
                   image_mean=list(mean), image_std=list(std), rpn_anchor_generator=anchors,
                   box_batch_size_per_image=cfg.roi_batch_size_per_image)
     if head_norm is not None:
-        kwargs["box_head"] = FastRCNNConvFCHead((256, 7, 7), [256] * 4, [1024], norm_layer=head_norm)
+        kwargs["box_head"] = FastRCNNConvFCHead((256, 7, 7), [256] * 4, [1024],
+                                                norm_layer=head_norm)
     if cfg.detector == "mask_rcnn":
         if head_norm is not None:
             kwargs["mask_head"] = MaskRCNNHeads(256, [256] * 4, 1, norm_layer=head_norm)
@@ -109,7 +110,8 @@ def set_pooler_scales(model: nn.Module, strides: tuple[int, ...]) -> None:
     for pool in (model.roi_heads.box_roi_pool, getattr(model.roi_heads, "mask_roi_pool", None)):
         if pool is not None:
             pool.scales = [1.0 / s for s in strides]
-            pool.map_levels = initLevelMapper(int(math.log2(strides[0])), int(math.log2(strides[-1])),
+            pool.map_levels = initLevelMapper(int(math.log2(strides[0])),
+                                              int(math.log2(strides[-1])),
                                               canonical_scale=pool.canonical_scale,
                                               canonical_level=pool.canonical_level)
 

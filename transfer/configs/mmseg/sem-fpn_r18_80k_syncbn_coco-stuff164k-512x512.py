@@ -1,3 +1,3 @@
-# sem-fpn with a r18 backbone on COCO-Stuff 164k, 80k iterations, SyncBN (channels follow the backbone).
+# sem-fpn with a r18 backbone on COCO-Stuff 164k, 80k iters, SyncBN (channels follow the backbone).
 _base_ = ['./_base_/sem-fpn_torchvision.py', './_base_/coco-stuff164k_80k.py']
 model = dict(backbone=dict(depth=18), data_preprocessor=dict(size=(512, 512)))

@@ -1,3 +1,6 @@
-# upernet with a mbv2 backbone on COCO-Stuff 164k, 80k iterations, SyncBN (channels follow the backbone).
+# upernet with a mbv2 backbone on COCO-Stuff 164k, 80k iters, SyncBN (channels follow the backbone).
 _base_ = ['./_base_/upernet_torchvision.py', './_base_/coco-stuff164k_80k.py']
-model = dict(backbone=dict(_delete_=True, type='MobileNetV2', widen_factor=1.0, strides=(1, 2, 2, 2, 1, 2, 1), out_indices=(1, 2, 4, 6), norm_cfg=dict(type='SyncBN', requires_grad=True), init_cfg=None), data_preprocessor=dict(size=(512, 512)))
+model = dict(backbone=dict(_delete_=True, type='MobileNetV2', widen_factor=1.0,
+                           strides=(1, 2, 2, 2, 1, 2, 1), out_indices=(1, 2, 4, 6),
+                           norm_cfg=dict(type='SyncBN', requires_grad=True), init_cfg=None),
+             data_preprocessor=dict(size=(512, 512)))

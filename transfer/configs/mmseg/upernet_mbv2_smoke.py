@@ -1,6 +1,9 @@
 # upernet with a mbv2 backbone on the generated scenes, a CPU, a few minutes.
 _base_ = ['./_base_/upernet_torchvision.py', './_base_/scenes_smoke.py']
-model = dict(backbone=dict(_delete_=True, type='MobileNetV2', widen_factor=1.0, strides=(1, 2, 2, 2, 1, 2, 1), out_indices=(1, 2, 4, 6), norm_cfg=dict(type='SyncBN', requires_grad=True), init_cfg=None), data_preprocessor=dict(size=(128, 128)),
+model = dict(backbone=dict(_delete_=True, type='MobileNetV2', widen_factor=1.0,
+                           strides=(1, 2, 2, 2, 1, 2, 1), out_indices=(1, 2, 4, 6),
+                           norm_cfg=dict(type='SyncBN', requires_grad=True), init_cfg=None),
+             data_preprocessor=dict(size=(128, 128)),
              # a 128-channel head: the default 512 takes 2 s a step on a CPU (UPerNet's PPM and
              # its 3x3 fusion of 4 x 512 channels at stride 4)
              decode_head=dict(channels=128), auxiliary_head=dict(channels=64))

@@ -30,7 +30,8 @@ train_dataloader = dict(
     batch_size=4, num_workers=2, persistent_workers=True,
     sampler=dict(type='InfiniteSampler', shuffle=True),
     dataset=dict(**dataset, pipeline=train_pipeline,
-                 data_prefix=dict(img_path='images/train2017', seg_map_path='annotations/train2017')))
+                 data_prefix=dict(img_path='images/train2017',
+                                  seg_map_path='annotations/train2017')))
 val_dataloader = dict(
     batch_size=1, num_workers=2, persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=False),

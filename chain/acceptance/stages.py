@@ -150,8 +150,9 @@ def bench_cifar_commands(ctx: Context) -> list[list[str]]:
     return [["pretrain.bench", "pretrain/configs/bench/cifar_r32_wrn.yaml",
              f"data.root={ctx.path('cifar100')}", f"train.channels_last={flag}",
              *([] if ctx.gpu else toy), "--methods", "kdcl_minlogit", "--no-paired", "--no-data",
-             "--no-train", "--only", "solo" if ctx.gpu else "solo:cifar_resnet32", "--warmup", str(warmup), "--windows", str(windows), "--steps",
-             str(steps), "--out", str(ctx.path("bench")), "--name", f"cifar-{name}"]
+             "--no-train", "--only", "solo" if ctx.gpu else "solo:cifar_resnet32",
+             "--warmup", str(warmup), "--windows", str(windows), "--steps", str(steps),
+             "--out", str(ctx.path("bench")), "--name", f"cifar-{name}"]
             for flag, name in (("false", "contiguous"), ("true", "channels_last"))]
 
 

@@ -16,7 +16,9 @@ from PIL import Image
 
 from kdcl_common import artifact
 from transfer import cli, convert
-from transfer.backends.mmseg import extensions, launcher
+from transfer.backends.mmseg import Backend, launcher
+from transfer.openmmlab import config as mmconfig
+from transfer.openmmlab import hooks
 
 from .conftest import REPO, make_backbone, torchrun, tiny_mmseg_overrides, read_records
 
@@ -51,7 +53,7 @@ def test_mmseg_backbone_gives_the_same_feature_maps(tmp_path, config, arch, kwar
     with torch.no_grad():
         source.train()(torch.randn(4, 3, 64, 64))  # non-trivial BatchNorm statistics
     source.eval()
-    cfg = launcher.load(MMSEG / f"{config}.py", [])
+    cfg = Backend.read(MMSEG / f"{config}.py", [])
     channels = launcher.fit_backbone(cfg, meta, path)
     target = MODELS.build(cfg.model.backbone)
     converted = convert.convert(source.state_dict(), arch, "mmseg", target.state_dict().keys())
@@ -70,7 +72,7 @@ def test_mmseg_backbone_gives_the_same_feature_maps(tmp_path, config, arch, kwar
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
 def test_configs_load_with_mmengine(path):
-    cfg = launcher.load(path, [])
+    cfg = Backend.read(path, [])
     assert cfg.kdcl.protocol in path.stem
     backbone = cfg.model.backbone
     assert backbone.type == ("MobileNetV2" if "_mbv2_" in path.name else "ResNet")
@@ -86,7 +88,7 @@ def test_unknown_override_names_the_nearest_key():
     from kdcl_common import ConfigError
 
     with pytest.raises(ConfigError, match="unknown config key 'train_cfg.max_iter'.*max_iters"):
-        launcher.load(EXPERIMENTS[0], ["train_cfg.max_iter=3"])
+        Backend.read(EXPERIMENTS[0], ["train_cfg.max_iter=3"])
 
 
 @pytest.mark.parametrize("text,message", [
@@ -203,7 +205,7 @@ def test_kill_and_resume_ends_as_an_uninterrupted_run(tmp_path, tiny_coco, backb
     assert resumed["metrics"] == uninterrupted["metrics"]
     assert "Auto resumed from the latest checkpoint" in (run_dir / "log.txt").read_text()
     assert (resumed["resumes"], uninterrupted["resumes"]) == (1, 0)
-    first = state[extensions.ExactResume.KEY]["wall_seconds"]  # the killed process's, saved
+    first = state[hooks.ExactResume.KEY]["wall_seconds"]  # the killed process's, saved
     assert resumed["wall_seconds"] > round(first, 1) > 0
 
 
@@ -363,13 +365,12 @@ def test_an_exif_tag_does_not_rotate_a_square_image_away_from_its_label(tmp_path
     import cv2
     from mmseg.registry import DATASETS
 
-    from transfer.backends.mmseg import extensions  # noqa: F401  registers the transforms
 
     root = copy_scenes(tiny_coco, tmp_path)
     image, label = scene_pair(root)
     make_square(image, label)
     store_on_its_side(image)
-    cfg = launcher.load(MMSEG / "sem-fpn_r18_smoke.py",
+    cfg = Backend.read(MMSEG / "sem-fpn_r18_smoke.py",
                         [f"train_dataloader.dataset.data_root={root}"])
     dataset = cfg.train_dataloader.dataset
     dataset.pipeline = dataset.pipeline[:2]  # the image and the label map, as loaded
@@ -443,7 +444,7 @@ def test_a_nan_loss_stops_the_run_without_a_record(tmp_path, tiny_coco, backbone
     (run_dir,) = (tmp_path / "runs").rglob("seed0")
     assert not (run_dir / "result.json").exists()
     assert json.loads((run_dir / "run.json").read_text())["stopped"]["reason"] == "non-finite loss"
-    assert not launcher.checkpoints(run_dir)  # none holds NaN weights
+    assert not mmconfig.checkpoints(run_dir)  # none holds NaN weights
 
 
 @pytest.mark.distributed

@@ -1,14 +1,13 @@
-"""What the mmseg backend adds to mmseg/mmengine, registered the OpenMMLab way:
+"""What the backends built on mmengine add to it, registered the OpenMMLab way, in
+mmengine's root registries, which every OpenMMLab package's registries fall back to:
 
 - `LoadImageAsStored`, mmcv's LoadImageFromFile bounded and as stored: the image's and its
   label map's sizes come from their headers before anything is decoded (refused above
   `kdcl.max_image_pixels`, or when they differ, naming EXIF when its orientation explains it),
   and EXIF orientation is not applied (cv2 and PIL would rotate the image, not its label map);
-- `CheckSegLabels`, a transform that stops on a label map whose values fall outside the classes
-  (other than the ignore index) or whose size differs from its image's, naming the file;
 - `KdclMetricsHook`, which keeps the last validation metrics for the result record;
 - `StopOnNonFiniteLoss`: mmengine trains on through a NaN loss, and the run would then record
-  the mIoU of NaN weights;
+  the metrics of NaN weights;
 - `PlainCheckpointHook`, which keeps mmengine's checkpoints loadable with torch's default
   weights_only=True (torch >= 2.6), so resuming needs no unsafe unpickling;
 - `ExactResume`, which makes the random state an iteration trains with independent of how the
@@ -28,13 +27,13 @@ from pathlib import Path
 import mmcv
 import numpy as np
 import torch
-from mmcv.transforms import BaseTransform, LoadImageFromFile
+from mmcv.transforms import LoadImageFromFile
 from mmengine import fileio
 from mmengine.dist import get_dist_info
 from mmengine.fileio.backends import LocalBackend, register_backend
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
-from mmseg.registry import HOOKS, TRANSFORMS
+from mmengine.registry import HOOKS, TRANSFORMS
 
 from kdcl_common import DataError, NonFiniteLossError
 from kdcl_common.images import MAX_PIXELS, ImageTooLarge, open_within, size_mismatch
@@ -42,7 +41,7 @@ from kdcl_common.io import atomic_write_bytes
 from kdcl_common.logs import Progress, drop_console_handlers
 from kdcl_common.sampling import sample_seed
 
-from ...lifecycle import LOGGER
+from ..lifecycle import LOGGER
 
 LIMIT_KEY = "kdcl.max_image_pixels"
 # mmcv's decoding flags that leave EXIF orientation alone (cv2 and PIL; turbojpeg and tifffile
@@ -58,10 +57,11 @@ RECOVERY_ADVICE = ("Lower optim_wrapper.optimizer.lr or lengthen the warm-up in 
 
 @TRANSFORMS.register_module()
 class LoadImageAsStored(LoadImageFromFile):
-    """mmcv's LoadImageFromFile (the same arguments), plus `max_pixels`: the image and its label
-    map (`seg_map_path`, when the dataset gives one) are refused, before anything is decoded,
-    when their headers give more pixels or different sizes; and the image is decoded as
-    stored, without EXIF rotation, as its label map is (mmseg loads it 'unchanged')."""
+    """mmcv's LoadImageFromFile (the same arguments), plus `max_pixels`: the image is refused,
+    before anything is decoded, when its header gives more pixels, or a size other than its
+    label map's (`seg_map_path`, when the dataset gives one) or its annotation's (`width` and
+    `height`, as mmdet's COCO dataset gives them); and it is decoded as stored, without EXIF
+    rotation, as its label map is (mmseg loads it 'unchanged') and as COCO's tools read it."""
 
     def __init__(self, max_pixels: int = MAX_PIXELS, **kwargs):
         color = kwargs.get("color_type", "color")
@@ -94,6 +94,11 @@ class LoadImageAsStored(LoadImageFromFile):
                     if seg.size != image.size:
                         raise DataError(size_mismatch(path, image, seg.size,
                                                       f"its label map {label}"))
+            annotated = (results.get("width"), results.get("height"))
+            if None not in annotated and tuple(annotated) != image.size:
+                raise DataError(size_mismatch(path, image, annotated,
+                                              f"image {results.get('img_id', '?')} in its "
+                                              f"annotations"))
         img = mmcv.imfrombytes(content, flag=self.color_type, backend=self.imdecode_backend)
         if img is None:
             raise DataError(f"{path} cannot be decoded: repair or remove it (with its label map)")
@@ -103,34 +108,10 @@ class LoadImageAsStored(LoadImageFromFile):
         return results
 
 
-@TRANSFORMS.register_module()
-class CheckSegLabels(BaseTransform):
-    """Place right after LoadAnnotations: the label map must have its image's original size and
-    values in [0, num_classes) or the ignore index."""
-
-    def __init__(self, num_classes: int, ignore_index: int = 255):
-        self.num_classes, self.ignore_index = num_classes, ignore_index
-
-    def transform(self, results: dict) -> dict:
-        seg = results["gt_seg_map"]
-        if tuple(seg.shape[:2]) != tuple(results["ori_shape"][:2]):
-            raise DataError(f"{results['seg_map_path']} is {seg.shape[0]}x{seg.shape[1]} but its "
-                            f"image {results['img_path']} is {results['ori_shape'][0]}x"
-                            f"{results['ori_shape'][1]}: the image and label do not match")
-        bad = (seg >= self.num_classes) & (seg != self.ignore_index)
-        if bad.any():
-            values = np.unique(seg[bad])[:10].tolist()
-            raise DataError(f"{results['seg_map_path']} holds label values {values} outside the "
-                            f"{self.num_classes} classes (0..{self.num_classes - 1}, and "
-                            f"{self.ignore_index} to ignore): are these *_labelTrainIds.png maps "
-                            f"of this dataset?")
-        return results
-
-
 @HOOKS.register_module()
 class KdclMetricsHook(Hook):
-    """Keeps the metrics of the last validation (mIoU, mAcc, aAcc) and the number of images it
-    went through, for the record."""
+    """Keeps the metrics of the last validation (as the evaluator names them) and the number of
+    images it went through, for the record."""
 
     priority = "LOWEST"
 
@@ -155,9 +136,12 @@ class StopOnNonFiniteLoss(Hook):
     """Stops at the first NaN/inf training loss, before a checkpoint of that iteration is saved
     (CheckpointHook runs after it). The loss is already a host number for mmengine's log, so
     the check adds no device wait; on several processes the ranks agree (one all-reduce), so
-    none is left waiting in the next step's."""
+    none is left waiting in the next step's. `loss` names it in the message."""
 
     priority = "HIGH"
+
+    def __init__(self, loss: str = "training"):
+        self.loss = loss
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         import torch
@@ -171,12 +155,12 @@ class StopOnNonFiniteLoss(Hook):
         bad = int(earliest_across_ranks(torch.where(finite, -1, runner.iter).long()))
         if bad < 0:
             return
-        from .launcher import checkpoints
+        from .config import checkpoints
 
         saved = checkpoints(Path(runner.work_dir))
         kept = (f"the last checkpoint, {saved[-1]}, is kept" if saved
                 else "no checkpoint had been written yet")
-        raise NonFiniteLossError(f"the segmentation loss became NaN/inf at iteration "
+        raise NonFiniteLossError(f"the {self.loss} loss became NaN/inf at iteration "
                                  f"{bad + 1} of {runner.max_iters}; training stopped "
                                  f"and {kept}. {RECOVERY_ADVICE}")
 

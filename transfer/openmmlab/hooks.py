@@ -259,7 +259,8 @@ class ConsoleProgress(Hook):
 
     def before_train(self, runner) -> None:
         rank, world = get_dist_info()
-        batch = runner.train_dataloader.batch_size * world
+        loader = runner.train_dataloader  # mmdet's batches come from a batch sampler
+        batch = (loader.batch_size or loader.batch_sampler.batch_size) * world
         self.progress = Progress(self.logger, runner.max_iters, done=runner.iter, rank=rank,
                                  interval=self.interval, images_per_step=batch)
 

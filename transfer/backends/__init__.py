@@ -124,6 +124,16 @@ REGISTRY: tuple[BackendEntry, ...] = (
         short_run=("SOLVER.MAX_ITER=4", "SOLVER.STEPS=(3,)", "SOLVER.WARMUP_ITERS=1",
                    "SOLVER.CHECKPOINT_PERIOD=4", "DATALOADER.NUM_WORKERS=1")),
     BackendEntry(
+        "mmdet", "transfer.backends.mmdet", "mmdet", COCO,
+        configs={"smoke": ("faster-rcnn_{arch}_fpn_smoke.py", "mask-rcnn_{arch}_fpn_smoke.py"),
+                 "paper": ("faster-rcnn_{arch}_fpn_paper14ep_syncbn.py",
+                           "mask-rcnn_{arch}_fpn_paper14ep_syncbn.py")},
+        arch_tags={"resnet18": "r18", "resnet50": "r50", "mobilenet_v2": "mbv2"},
+        data_overrides=("train_dataloader.dataset.data_root={data}",
+                        "val_dataloader.dataset.data_root={data}", "kdcl.synthetic=False"),
+        short_run=("train_cfg.max_iters=4", "train_cfg.val_interval=4",
+                   "train_dataloader.num_workers=1", "val_dataloader.num_workers=1")),
+    BackendEntry(
         "mmseg", "transfer.backends.mmseg", "mmseg", COCO_STUFF,
         configs={"smoke": ("sem-fpn_{arch}_smoke.py",),
                  "paper": ("sem-fpn_{arch}_80k_syncbn_coco-stuff164k-512x512.py",

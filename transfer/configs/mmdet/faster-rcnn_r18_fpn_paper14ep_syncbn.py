@@ -1,0 +1,3 @@
+# Faster R-CNN FPN with a ResNet-18 backbone on COCO 2017 in the paper's SyncBN protocol.
+_base_ = ['./_base_/faster-rcnn_fpn_paper14ep_syncbn.py']
+model = dict(backbone=dict(depth=18))

@@ -1,0 +1,3 @@
+# Mask R-CNN FPN with a ResNet-50 backbone on COCO 2017, the 1x frozen-BN protocol.
+_base_ = ['./_base_/mask-rcnn_fpn_1x_frozenbn.py']
+model = dict(backbone=dict(depth=50))

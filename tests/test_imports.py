@@ -87,3 +87,35 @@ def test_the_chain_plans_with_the_standard_library_only():
                          text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
+
+
+# Where a backend's name is a library's name, not the backend: the versions a record keeps
+# (distribution names), torchvision's model constructors, and the report's torch + torchvision.
+LIBRARY_NAMES = {("kdcl_common/provenance.py", "torchvision"),
+                 ("kdcl_common/provenance.py", "mmdet"),
+                 ("kdcl_common/provenance.py", "detectron2"), ("chain/acceptance/report.py",
+                                                               "torchvision")}
+
+
+def test_no_module_outside_a_backends_package_names_a_backend():
+    """The registry (transfer/backends/__init__.py) is the one list of backends: plans, the
+    acceptance check and the tables read its entries, so no code elsewhere holds a backend's
+    name (docstrings and comments aside)."""
+    from transfer.backends import REGISTRY
+
+    names = {entry.name for entry in REGISTRY}
+    found = []
+    for pkg in PACKAGES:
+        for path in (ROOT / pkg).rglob("*.py"):
+            rel = path.relative_to(ROOT)
+            if "configs" in rel.parts or rel.parts[:2] == ("transfer", "backends"):
+                continue
+            tree = ast.parse(path.read_text())
+            docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                          if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef))
+                          and node.body and isinstance(node.body[0], ast.Expr)}
+            found += [f"{rel}:{node.lineno} {node.value!r}" for node in ast.walk(tree)
+                      if isinstance(node, ast.Constant) and node.value in names
+                      and id(node) not in docstrings
+                      and (str(rel), node.value) not in LIBRARY_NAMES]
+    assert not found, found

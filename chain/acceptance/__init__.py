@@ -13,11 +13,11 @@ Stages, each the command a user would type, in its own process with its own dead
                 contiguous and channels-last
   pretrain      a short KDCL run of the same students on the generated JPEGs, through to export
   cifar_epoch   one CIFAR epoch of ResNet-32 + WRN-16-2 with KDCL-MinLogit
-  faster_rcnn   torchvision Faster R-CNN R50-FPN from that export: the paper protocol's model
-  mask_rcnn     and precision, 800 px, 2 images per GPU, a few iterations, then evaluation
-  sem_fpn       mmseg Semantic FPN and UPerNet from that export, 512x512 crops, a few
-  upernet       iterations, then evaluation
-  detectron2    Detectron2 Mask R-CNN R50-FPN, where Detectron2 is installed
+  <backend>/<config>
+                one stage per `acceptance` config of every registered transfer backend
+                (transfer/backends/__init__.py), from that export: the paper protocol's model
+                and precision, a few iterations, then evaluation; a backend whose library is
+                not installed is skipped, saying so
 
 Without a GPU (`--mode toy`, the default there) the same stages run at toy size on the CPU:
 the smoke students and configs, tiny generated sets, a handful of steps, no compilation.

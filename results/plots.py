@@ -124,6 +124,30 @@ def _group_text(block: str, cell: str, same_cell: bool) -> str:
                                                                          else [cell])])
 
 
+def _fit_ticks(fig, axes, one_line: list[str], angle: float = 30) -> None:
+    """The groups' labels side by side where they fit; where two would overlap (many groups:
+    every backend's detectors), each on one line, turned by `angle`, the figure taller by what
+    they then need, so the panels keep their height."""
+    renderer = fig.canvas.get_renderer()
+    fig.canvas.draw()  # the constrained layout places the axes, and so the labels
+
+    def overlap(ax) -> bool:
+        boxes = [t.get_window_extent(renderer) for t in ax.get_xticklabels()]
+        return any(a.x1 > b.x0 for a, b in zip(boxes, boxes[1:]))
+
+    if not any(overlap(ax) for ax in axes):
+        return
+    before = max(t.get_window_extent(renderer).height for ax in axes
+                 for t in ax.get_xticklabels())
+    for ax in axes:
+        ax.set_xticks(ax.get_xticks(), one_line, rotation=angle, ha="right",
+                      rotation_mode="anchor")
+    after = max(t.get_window_extent(renderer).height for ax in axes
+                for t in ax.get_xticklabels())
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width, height + max(0.0, after - before) / fig.dpi)
+
+
 @style.styled
 def delta_figure(table: Table):
     """Grouped bars of Δ (a group per compared cell, a bar per row); None when the table has no
@@ -178,6 +202,8 @@ def delta_figure(table: Table):
         ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel(f"Δ {groups[0][1]} (points)" if same_cell else "Δ (points)")
+    _fit_ticks(fig, axes.flat[:len(panels)],
+               [b if same_cell else f"{b} {c}" for b, c in groups])
     style.legend(fig, list(handles.values()), list(handles))
     with_ci = data.xs("ci_low", axis=1, level=2).notna().to_numpy().any()
     n = data.xs("n", axis=1, level=2).to_numpy().ravel()

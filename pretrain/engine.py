@@ -238,6 +238,20 @@ class Trainer:
                     f"{step - epoch * steps + 1} of {steps} (global step {step + 1}); training "
                     f"stopped and {kept}. {RECOVERY}")
 
+    def _check_outputs(self, nonfinite: list[int], split: str, images: int) -> None:
+        """NaN/inf logits would score as some top-1 (and KDCL-General's weights as nothing):
+        a diverged student stops the run before anything is recorded."""
+        bad = [f"{name} on {count} of {images}" for name, count in zip(self.names, nonfinite)
+               if count]
+        if bad:
+            last = CHECKPOINTS.path(self.cfg.run_dir)
+            kept = (f"the last good checkpoint is {last} (not overwritten)" if last.is_file()
+                    else "no checkpoint had been written yet")
+            raise NonFiniteLossError(
+                f"NaN/inf outputs on the {split} images ({', '.join(bad)}): the student's "
+                f"weights or BatchNorm statistics diverged though its training loss stayed "
+                f"finite; training stopped and {kept}. {RECOVERY}")
+
     # ----------------------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, loader, prefix: str, covariance: bool = False) -> dict:
@@ -250,6 +264,7 @@ class Trainer:
         hits = torch.zeros(S + 1, 2, device=device, dtype=torch.float64)
         seen = torch.zeros((), device=device, dtype=torch.float64)
         cov = torch.zeros(S, S, device=device, dtype=torch.float64)
+        nonfinite = torch.zeros(S, device=device, dtype=torch.long)  # images, per student
         for batch in loader:
             if batch.bad:
                 self.corrupt.update(batch.bad)
@@ -259,6 +274,7 @@ class Trainer:
             with self.autocast():
                 outputs = self.method.forward(self.modules, [x])
                 logits = outputs.logits.float()
+            nonfinite += (~torch.isfinite(logits)).any(-1).sum(-1)
             probs = logits.softmax(-1)
             ensemble = self.method.ensemble_probs(outputs, probs)
             scores = torch.cat([probs, ensemble[None]])  # [S + 1, B, C]
@@ -272,6 +288,8 @@ class Trainer:
                                                      self.cfg.method.general_error) * n
         kdist.all_reduce_sum(hits)
         kdist.all_reduce_sum(seen)
+        kdist.all_reduce_sum(nonfinite)
+        self._check_outputs(nonfinite.tolist(), prefix, int(seen))
         acc = (100 * hits / seen.clamp_min(1)).tolist()
         out = {}
         for k, name in enumerate([*self.names, "ensemble"]):

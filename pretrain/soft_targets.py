@@ -221,6 +221,8 @@ def weights_from_covariance(cov: Tensor, ridge: float = 1e-6) -> Tensor:
     if S > 12:
         raise ValueError(f"exhaustive support search is limited to 12 students, got {S}")
     cov = cov.double().cpu()
+    if not bool(torch.isfinite(cov).all()):
+        raise ValueError("the error covariance holds NaN/inf: no weights minimise it")
     cov = 0.5 * (cov + cov.T)
     eps = ridge * float(cov.diagonal().mean()) + 1e-12
     cov = cov + eps * torch.eye(S, dtype=cov.dtype)

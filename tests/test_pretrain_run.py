@@ -144,6 +144,28 @@ def test_bad_input_messages(tmp_path, tiny_root, capsys):
     assert "Did you mean 'optim.lr'" in capsys.readouterr().err
 
 
+def test_nan_outputs_with_a_finite_loss_stop_the_run_before_a_record(tmp_path, tiny_root,
+                                                                    capsys, monkeypatch):
+    """A student whose BatchNorm statistics diverge scores NaN logits in evaluation while its
+    training loss is finite: that is not a top-1 to record (nor KDCL-General weights, which
+    have no minimum then); the run stops as on a NaN loss."""
+    real = engine.Trainer.sync_buffers
+
+    def poisoned(self):
+        real(self)
+        for module in self.modules[0].modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_var.fill_(float("nan"))
+                break
+
+    monkeypatch.setattr(engine.Trainer, "sync_buffers", poisoned)
+    assert run_cli("kdcl_general", tiny_root, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "NaN/inf outputs on the val images (resnet18 on 16 of 16)" in err
+    assert "--resume accepts new values of these keys" in err
+    assert not (tmp_path / "records").exists()
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_root, capsys,
                                                           monkeypatch):
     real = engine.collaborative_loss

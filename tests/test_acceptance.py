@@ -49,6 +49,7 @@ def test_toy_run_of_every_stage(tmp_path):
     # one stage per transfer config of every backend (transfer/backends/__init__.py)
     for name, metric in (("torchvision/smoke_faster_rcnn_fpn", "bbox_AP"),
                          ("torchvision/smoke_mask_rcnn_fpn", "segm_AP"),
+                         ("mmdet/mask-rcnn_r18_fpn_smoke", "segm_AP"),
                          ("mmseg/sem-fpn_r18_smoke", "mIoU")):
         measured = stages[name]["measured"]
         assert metric in measured["metrics"], (name, measured)

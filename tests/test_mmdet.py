@@ -217,3 +217,19 @@ def test_mmdets_classes_are_the_configs(tmp_path):
     cfg = Backend.read(MMDET / "mask-rcnn_r18_fpn_smoke.py", [])
     assert classes(cfg) == ("circle", "square", "triangle", "ring", "cross")
     assert len(classes(Backend.read(MMDET / "mask-rcnn_r50_fpn_paper14ep_syncbn.py", []))) == 80
+
+
+def test_cocometrics_names_become_the_records_and_no_detection_scores_zero():
+    cfg = Backend.read(MMDET / "mask-rcnn_r18_fpn_smoke.py", [])
+    names = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+    metrics = {"coco/bbox_mAP": 0.123, "coco/bbox_mAP_50": 0.5, "coco/bbox_mAP_75": 0.0,
+               "coco/bbox_mAP_s": 0.25, "coco/bbox_mAP_m": 0.3, "coco/bbox_mAP_l": -1.0}
+    got = Backend().record_metrics(metrics, cfg)
+    assert {f"bbox_{n}": got[f"bbox_{n}"] for n in names} == {
+        "bbox_AP": 12.3, "bbox_AP50": 50.0, "bbox_AP75": 0.0, "bbox_APs": 25.0, "bbox_APm": 30.0,
+        "bbox_APl": None}
+    # CocoMetric returns nothing for a kind when the model detected nothing: AP 0
+    assert {k: v for k, v in got.items() if k.startswith("segm_")} == {
+        f"segm_{n}": 0.0 for n in names}
+    assert Backend().record_metrics({}, cfg) == {f"{kind}_{n}": 0.0 for kind in ("bbox", "segm")
+                                                 for n in names}

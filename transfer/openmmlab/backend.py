@@ -5,7 +5,7 @@ the backbone's init_cfg, and this project's hooks (hooks.py). A subclass says wh
     package, example     the OpenMMLab package it needs, and a `_base_` line of its configs
     loss                 what its loss is called in the non-finite-loss message
     adapt(cfg)           the backend's changes to a loaded config (e.g. its label checks)
-    record_metrics(m)    the evaluator's metrics as the record names them
+    record_metrics(m, cfg)  the evaluator's metrics as the record names them
     fit_backbone, spec, prepare    as in transfer/backends/base.py
 """
 from __future__ import annotations
@@ -68,7 +68,7 @@ class Backend(Base):
     def load_config(self, path: Path, overrides: list[str]):
         return self.read(path, overrides)
 
-    def record_metrics(self, metrics: dict) -> dict:
+    def record_metrics(self, metrics: dict, cfg) -> dict:
         raise NotImplementedError
 
     def _spec(self, cfg, path: Path, **own) -> Spec:
@@ -143,7 +143,7 @@ class Backend(Base):
             metrics = _hook(runner, hooks.KdclMetricsHook)
             seconds = _hook(runner, hooks.ExactResume).wall_seconds
             batch = cfg.train_dataloader.batch_size * run.ctx.world_size
-            run.finish(self.record_metrics(metrics.metrics), metrics.images,
+            run.finish(self.record_metrics(metrics.metrics, cfg), metrics.images,
                        run.ctx.world_size, seconds,
                        round(cfg.train_cfg.max_iters * batch / seconds, 2),
                        images_per_batch=batch)
@@ -162,7 +162,8 @@ class Backend(Base):
             metrics = runner.val()
         if run.ctx.is_main:
             hook = _hook(runner, hooks.KdclMetricsHook)
-            run.finish_evaluation(self.record_metrics(metrics), hook.images, str(checkpoint))
+            run.finish_evaluation(self.record_metrics(metrics, cfg), hook.images,
+                                  str(checkpoint))
 
     def has_checkpoint(self, run_dir: Path) -> bool:
         from .config import checkpoints

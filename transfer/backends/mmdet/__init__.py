@@ -108,14 +108,20 @@ class Backend(MMEngineBackend):
         convert.check_shapes(converted, target, f"mmdet's {cfg.model.backbone.type}")
         return Prepared(cfg, evaluated, converted)
 
-    def record_metrics(self, metrics: dict) -> dict:
+    def record_metrics(self, metrics: dict, cfg) -> dict:
         """`coco/bbox_mAP_50` -> `bbox_AP50` on COCO's 0-100 scale (None where COCO has no
-        objects of that size); CocoMetric rounds to 0.1 AP."""
+        objects of that size); CocoMetric rounds to 0.1 AP. A kind it returns nothing for is a
+        model that detected nothing ("the testing results of the whole dataset is empty"),
+        which scores AP 0, as in the other backends."""
         out = {}
         for key, value in metrics.items():
             kind, _, stat = key.removeprefix("coco/").partition("_")
             if kind in ("bbox", "segm") and stat in STATS:
                 out[f"{kind}_{STATS[stat]}"] = None if value < 0 else round(100 * value, 1)
+        kinds = cfg.val_evaluator.metric
+        for kind in [kinds] if isinstance(kinds, str) else kinds:
+            if not any(key.startswith(f"{kind}_") for key in out):
+                out |= {f"{kind}_{name}": 0.0 for name in STATS.values()}
         return out
 
 

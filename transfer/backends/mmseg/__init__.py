@@ -70,6 +70,6 @@ class Backend(MMEngineBackend):
         convert.check_shapes(converted, target, f"mmseg's {cfg.model.backbone.type}")
         return Prepared(cfg, counts["val_dataloader"], converted)
 
-    def record_metrics(self, metrics: dict) -> dict:
+    def record_metrics(self, metrics: dict, cfg) -> dict:
         return {k: None if metrics.get(k) is None else round(float(metrics[k]), 3)
                 for k in ("mIoU", "mAcc", "aAcc")}

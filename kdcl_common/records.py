@@ -221,7 +221,10 @@ def scan(paths: list[Path]) -> Iterator[tuple[str, Any]]:
     `where` is file:line for JSONL, file#index for per-run files."""
     for file in files(paths):
         if file.suffix == ".jsonl":
-            for number, line in enumerate(file.read_text().splitlines(), start=1):
+            # undecodable bytes become U+FFFD: such a line is not JSON, and is skipped with a
+            # warning naming it, as any other
+            text = file.read_text(errors="replace")
+            for number, line in enumerate(text.splitlines(), start=1):
                 if line.strip():
                     yield f"{file}:{number}", _parse(line)
             continue

@@ -20,10 +20,11 @@ examples:
   python -m pretrain CONFIG --restart     # archive the run (<run>.superseded-<time>), run again
 
 outputs: <output_root>/<name>/seed<seed>/ holds config.yaml, environment.json, log.txt,
-metrics.jsonl, tensorboard/, checkpoint.pth and export/<student>.{pth,json}; one result record
-per student is appended to `records`. A run is identified by its resolved config and, for kd,
-its teacher's sha256 (run.json): --resume continues only a run of the same identity, so a
-changed config or teacher is refused with what differs, and --restart runs it anew.
+metrics.jsonl, tensorboard/, checkpoint.pth and export/<student>.{pth,json}; its result
+records (one per student) are one file under `records`. A run is identified by its resolved
+config and, for kd, its teacher's sha256 (run.json): --resume continues only a run of the same
+identity, so a changed config or teacher is refused with what differs, and --restart runs it
+anew.
 
 config keys (key = default, then what it means):
 """

@@ -17,6 +17,7 @@ PACKAGE = '''
 import json
 from pathlib import Path
 
+from kdcl_common import ConfigError
 from kdcl_common.config import parse_overrides
 from transfer.backends.base import Backend as Base
 from transfer.backends.base import Prepared, Spec
@@ -27,6 +28,8 @@ class Backend(Base):
     name = "fakedet"
 
     def load_config(self, path, overrides):
+        if not Path(path).is_file():
+            raise ConfigError(f"config file not found: {path}")
         cfg = json.loads(Path(path).read_text())
         cfg.update(dict(parse_overrides(list(overrides))))
         return cfg
@@ -79,7 +82,7 @@ def fake_backend(tmp_path, monkeypatch):
     return entry
 
 
-def test_the_chain_plans_a_new_backend_from_its_entry(fake_backend, capsys):
+def test_the_chain_plans_a_new_backend_from_its_entry(fake_backend, tmp_path, capsys):
     steps = plan.build("smoke", [0], ["fakedet"])
     transfers = [s for s in steps if s.stage == "transfer"]
     assert transfers and {s.backend for s in transfers} == {"fakedet"}
@@ -91,7 +94,9 @@ def test_the_chain_plans_a_new_backend_from_its_entry(fake_backend, capsys):
         "transfer/configs/fakedet/fake_r18_paper.json"}
     assert all(s.needs == ("COCO_ROOT",) for s in paper if s.stage == "transfer")
 
-    assert chain_main.main(["--dry-run", "--backends", "fakedet"]) == 0
+    layout = ["--runs", str(tmp_path / "runs"), "--records", str(tmp_path / "records"),
+              "--results", str(tmp_path / "results")]
+    assert chain_main.main(["--dry-run", "--backends", "fakedet", *layout]) == 0
     out = capsys.readouterr().out
     assert "backends fakedet" in out
     assert "transfer/configs/fakedet/fake_r18.json" in out

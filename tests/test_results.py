@@ -180,6 +180,15 @@ def test_malformed_lines_are_skipped_with_file_and_line(tmp_path):
     assert any(f"{path}:4" in m for m in messages)
 
 
+def test_a_line_that_is_not_utf8_is_skipped_not_a_traceback(tmp_path):
+    path = write_jsonl(tmp_path / "r.jsonl", [pretrain("independent", "cifar_resnet32", 0, 70)])
+    path.write_bytes(path.read_bytes() + b"\x89PNG\r\n\x1a\n\x00\xff\n")
+    with pytest.warns(collect.RecordWarning) as caught:
+        got = collect.read([tmp_path])
+    assert len(got) == 1
+    assert any(f"{path}:2" in str(w.message) and "not JSON" in str(w.message) for w in caught)
+
+
 def test_output_folder_is_replaced_whole(tmp_path, monkeypatch):
     target = tmp_path / "tables"
     target.mkdir()

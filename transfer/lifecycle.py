@@ -84,11 +84,11 @@ class TransferRun:
             group="+".join(meta.get("students", [])), evaluated_images=evaluated_images,
             images_per_second=images_per_second, resumes=identity.resumes(self.run_dir),
             **(spec.extra or {}), **extra, **({"config_changes": changes} if changes else {}))
-        records.write(spec.records, "transfer", self.run_dir.relative_to(spec.output_root),
-                      [record])
+        written = records.write(spec.records, "transfer",
+                                self.run_dir.relative_to(spec.output_root), [record])
         atomic_write_json(self.run_dir / FINISHED_MARKER, record)
         logging.getLogger(LOGGER).info(
-            f"result: {metrics_text(metrics)} (record appended to {spec.records}; the full log "
+            f"result: {metrics_text(metrics)} (record: {written}; the full log "
             f"is {self.run_dir / 'log.txt'})")
         return record
 

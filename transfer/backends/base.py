@@ -34,7 +34,7 @@ class Spec:
     name: str                 # the first level of the run folder (transfer/naming.py)
     seed: int
     output_root: str
-    records: str              # the JSONL file result records are appended to
+    records: str              # the folder of result records (one file per run under it)
     preset: str               # smoke, paper or custom
     protocol: str             # the fine-tuning protocol, e.g. paper14ep_syncbn
     task: str                 # detection | instance_segmentation | semantic_segmentation

@@ -230,13 +230,16 @@ class Trainer:
         bad = kdist.earliest_across_ranks(first_bad).tolist()
         for name, step in zip(self.names, bad):
             if step >= 0:
-                last = CHECKPOINTS.path(self.cfg.run_dir)
-                kept = (f"the last good checkpoint is {last} (not overwritten)" if last.is_file()
-                        else "no checkpoint had been written yet")
                 raise NonFiniteLossError(
                     f"the loss of student {name} became NaN/inf at epoch {epoch + 1}, step "
                     f"{step - epoch * steps + 1} of {steps} (global step {step + 1}); training "
-                    f"stopped and {kept}. {RECOVERY}")
+                    f"stopped and {self._kept()}. {RECOVERY}")
+
+    def _kept(self) -> str:
+        """What a stop on NaN leaves to resume from, for its message."""
+        last = CHECKPOINTS.path(self.cfg.run_dir)
+        return (f"the last good checkpoint is {last} (not overwritten)" if last.is_file()
+                else "no checkpoint had been written yet")
 
     def _check_outputs(self, nonfinite: list[int], split: str, images: int) -> None:
         """NaN/inf logits would score as some top-1 (and KDCL-General's weights as nothing):
@@ -244,13 +247,10 @@ class Trainer:
         bad = [f"{name} on {count} of {images}" for name, count in zip(self.names, nonfinite)
                if count]
         if bad:
-            last = CHECKPOINTS.path(self.cfg.run_dir)
-            kept = (f"the last good checkpoint is {last} (not overwritten)" if last.is_file()
-                    else "no checkpoint had been written yet")
             raise NonFiniteLossError(
                 f"NaN/inf outputs on the {split} images ({', '.join(bad)}): the student's "
                 f"weights or BatchNorm statistics diverged though its training loss stayed "
-                f"finite; training stopped and {kept}. {RECOVERY}")
+                f"finite; training stopped and {self._kept()}. {RECOVERY}")
 
     # ----------------------------------------------------------------------------- evaluation
     @torch.no_grad()

@@ -87,8 +87,17 @@ def tiny_transfer_overrides(root: Path, out: Path, **extra) -> list[str]:
     return [f"{k}={v}" for k, v in values.items()]
 
 
-def tiny_mmseg_overrides(root: Path, out: Path, iters: int = 4, **extra) -> list[str]:
-    """An mmseg smoke config shrunk to seconds on the tiny scene set."""
+@pytest.fixture(scope="module")
+def backbones(tmp_path_factory):
+    """The transfer tests' backbones: ResNet-18 and MobileNetV2 x0.5, random weights."""
+    folder = tmp_path_factory.mktemp("backbones")
+    return {"resnet18": make_backbone(folder, "resnet18"),
+            "mobilenet_v2_x0.5": make_backbone(folder, "mobilenet_v2", width_mult=0.5)}
+
+
+def tiny_mmengine_overrides(root: Path, out: Path, iters: int = 4, **extra) -> list[str]:
+    """An mmseg or mmdet smoke config shrunk to seconds on the tiny scene set (the first
+    scheduler, mmseg's poly decay or mmdet's warm-up, spans the run)."""
     values = {"kdcl.synthetic": False, "kdcl.output_root": out / "runs",
               "kdcl.records": out / "records", "train_cfg.max_iters": iters,
               "train_cfg.val_interval": iters, "param_scheduler.0.end": iters,

@@ -18,7 +18,8 @@ from kdcl_common import artifact  # noqa: E402
 from transfer import cli, convert  # noqa: E402
 from transfer.backends.mmdet import Backend, classes, split_files  # noqa: E402
 
-from .conftest import REPO, TINY_COCO, make_backbone, read_records  # noqa: E402
+from .conftest import (REPO, TINY_COCO, make_backbone, read_records,  # noqa: E402
+                       tiny_mmengine_overrides)
 
 MMDET = REPO / "transfer" / "configs" / "mmdet"
 EXPERIMENTS = sorted(MMDET.glob("*.py"))
@@ -87,29 +88,9 @@ def test_a_data_root_override_moves_the_evaluators_annotations_too(tmp_path):
     assert cfg.val_evaluator.ann_file == str(tmp_path / "annotations/instances_val2017.json")
 
 
-def tiny_overrides(root: Path, out: Path, iters: int = 4, **extra) -> list[str]:
-    """An mmdet smoke config shrunk to seconds on the tiny scene set."""
-    values = {"kdcl.synthetic": False, "kdcl.output_root": out / "runs",
-              "kdcl.records": out / "records", "train_cfg.max_iters": iters,
-              "train_cfg.val_interval": iters, "param_scheduler.0.end": 1,
-              "default_hooks.checkpoint.interval": 2, "train_dataloader.batch_size": 2}
-    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
-        values.update({f"{loader}.dataset.data_root": root, f"{loader}.num_workers": 0,
-                       f"{loader}.persistent_workers": False})
-    values.update(extra)
-    return [f"{k}={v}" for k, v in values.items()]
-
-
 def run(config, backbone, root, out, *extra, flags=(), iters=4):
     return cli.main([str(MMDET / f"{config}.py"), "--backbone", str(backbone),
-                     *tiny_overrides(root, out, iters), *extra, *flags])
-
-
-@pytest.fixture(scope="module")
-def backbones(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("backbones")
-    return {"resnet18": make_backbone(folder, "resnet18"),
-            "mobilenet_v2_x0.5": make_backbone(folder, "mobilenet_v2", width_mult=0.5)}
+                     *tiny_mmengine_overrides(root, out, iters), *extra, *flags])
 
 
 @pytest.mark.parametrize("config,backbone,task", [
@@ -147,7 +128,8 @@ def test_kill_and_resume_ends_as_an_uninterrupted_run(tmp_path, tiny_coco, backb
     def command(out):
         return [sys.executable, "-m", "transfer", str(MMDET / "faster-rcnn_r18_fpn_smoke.py"),
                 "--backbone", str(backbones["resnet18"]),
-                *tiny_overrides(tiny_coco, out, iters, **{"default_hooks.checkpoint.interval": 3})]
+                *tiny_mmengine_overrides(tiny_coco, out, iters,
+                                         **{"default_hooks.checkpoint.interval": 3})]
 
     proc = subprocess.Popen(command(killed), cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
@@ -195,6 +177,17 @@ def test_missing_coco_files_are_named(tmp_path, backbones, capsys):
                tmp_path) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: COCO files not found: ") and "$COCO_ROOT" in err
+
+
+def test_an_image_the_annotations_list_but_the_folder_lacks_is_named(tmp_path, tiny_coco,
+                                                                      backbones, capsys):
+    root = copy_scenes(tiny_coco, tmp_path)
+    index = json.loads((root / "annotations/instances_val2017.json").read_text())
+    (root / "val2017" / index["images"][0]["file_name"]).unlink()
+    assert run("faster-rcnn_r18_fpn_smoke", backbones["resnet18"], root, tmp_path) == 2
+    assert (f"1 images listed in {root / 'annotations/instances_val2017.json'} are not in "
+            f"{root / 'val2017'}") in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_an_image_stored_at_another_size_than_annotated_is_named(tmp_path, tiny_coco,

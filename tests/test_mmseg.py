@@ -20,7 +20,7 @@ from transfer.backends.mmseg import Backend, launcher
 from transfer.openmmlab import config as mmconfig
 from transfer.openmmlab import hooks
 
-from .conftest import REPO, make_backbone, torchrun, tiny_mmseg_overrides, read_records
+from .conftest import REPO, make_backbone, torchrun, tiny_mmengine_overrides, read_records
 
 MMSEG = REPO / "transfer" / "configs" / "mmseg"
 EXPERIMENTS = sorted(MMSEG.glob("*.py"))
@@ -123,14 +123,7 @@ def test_an_alias_in_an_override_is_refused(capsys):
 
 def run(config, backbone, root, out, *extra, flags=()):
     return cli.main([str(MMSEG / f"{config}.py"), "--backbone", str(backbone),
-                     *tiny_mmseg_overrides(root, out), *extra, *flags])
-
-
-@pytest.fixture(scope="module")
-def backbones(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("backbones")
-    return {"resnet18": make_backbone(folder, "resnet18"),
-            "mobilenet_v2_x0.5": make_backbone(folder, "mobilenet_v2", width_mult=0.5)}
+                     *tiny_mmengine_overrides(root, out), *extra, *flags])
 
 
 @pytest.mark.parametrize("config,backbone", [("sem-fpn_r18_smoke", "resnet18"),
@@ -157,7 +150,7 @@ def test_trains_evaluates_and_records_miou(tmp_path, tiny_coco, backbones, confi
 def command(backbone, root, out, iters, checkpoint_interval, *flags) -> list[str]:
     """`python -m transfer` of the r18 Semantic FPN smoke config, shrunk to `iters` iterations."""
     return [sys.executable, "-m", "transfer", str(MMSEG / "sem-fpn_r18_smoke.py"), "--backbone",
-            str(backbone), *tiny_mmseg_overrides(root, out, iters=iters, **{
+            str(backbone), *tiny_mmengine_overrides(root, out, iters=iters, **{
                 "default_hooks.checkpoint.interval": checkpoint_interval}), *flags]
 
 
@@ -450,7 +443,7 @@ def test_a_nan_loss_stops_the_run_without_a_record(tmp_path, tiny_coco, backbone
 @pytest.mark.distributed
 def test_two_ranks_with_torchrun(tmp_path, tiny_coco, backbones):
     torchrun(2, "transfer", MMSEG / "sem-fpn_r18_smoke.py", "--backbone", backbones["resnet18"],
-             *tiny_mmseg_overrides(tiny_coco, tmp_path))
+             *tiny_mmengine_overrides(tiny_coco, tmp_path))
     (record,) = read_records(tmp_path)
     assert record["world_size"] == 2 and record["metrics"]["mIoU"] is not None
     assert not (REPO / ".dist_test").exists()  # mmengine's default place to gather results

@@ -22,13 +22,6 @@ def records(out):
     return read_records(out)
 
 
-@pytest.fixture(scope="module")
-def backbones(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("backbones")
-    return {"resnet18": make_backbone(folder, "resnet18"),
-            "mobilenet_v2_x0.5": make_backbone(folder, "mobilenet_v2", width_mult=0.5)}
-
-
 @pytest.mark.parametrize("config,backbone,task", [
     ("smoke_faster_rcnn_fpn", "resnet18", "detection"),
     ("smoke_mask_rcnn_fpn", "mobilenet_v2_x0.5", "instance_segmentation"),

@@ -97,6 +97,31 @@ def validate(dataset: dict, source: Path | str = "annotations") -> None:
         _validate_segmentation(ann.get("segmentation"), image, where)
 
 
+def load_split(image_dir: Path, annotation_file: Path, max_pixels: int, key: str,
+               masks: bool = False) -> COCO:
+    """A split's validated index, what every backend checks before training: each annotation
+    well-formed (load_coco, naming bad ones), no image above the pixel limit `key`, every listed
+    image in `image_dir`, and with `masks` (Mask R-CNN) every object with its mask."""
+    coco = load_coco(annotation_file)
+    check_image_sizes(coco, annotation_file, max_pixels, key)
+    present = set(os.listdir(image_dir))
+    missing = [img["file_name"] for img in coco.dataset["images"]
+               if img["file_name"] not in present]
+    if missing:
+        raise DataError(f"{len(missing)} images listed in {annotation_file} are not in "
+                        f"{image_dir}, e.g. {missing[:3]}")
+    if masks:
+        check_segmentations(coco, annotation_file)
+    return coco
+
+
+def require_objects(coco: COCO, annotation_file: Path) -> None:
+    """A training split needs an object that is not a crowd region."""
+    if not any(not a.get("iscrowd", 0) for a in coco.dataset["annotations"]):
+        raise DataError(f"{annotation_file} has no annotated object (other than crowd "
+                        f"regions): nothing to fine-tune on")
+
+
 def check_image_sizes(coco: COCO, annotation_file: Path, max_pixels: int, key: str) -> None:
     """Refuse, before training, the images whose annotated size exceeds the pixel limit (each
     file's header must then give that size: CocoDetection checks it before decoding)."""
@@ -200,19 +225,10 @@ class CocoDetection(torch.utils.data.Dataset):
                  seed: int = 0, max_pixels: int = MAX_PIXELS):
         self.image_dir, annotation_file = split_paths(root, split)
         self.annotation_file, self.max_pixels = annotation_file, max_pixels
-        self.coco = load_coco(annotation_file)
-        check_image_sizes(self.coco, annotation_file, max_pixels, LIMIT_KEY)
+        self.coco = load_split(self.image_dir, annotation_file, max_pixels, LIMIT_KEY, masks)
         self.masks, self.train = masks, train
         self.category_ids = sorted(self.coco.getCatIds())
         self.label_of = {cat: i + 1 for i, cat in enumerate(self.category_ids)}
-        present = set(os.listdir(self.image_dir))
-        missing = [img["file_name"] for img in self.coco.dataset["images"]
-                   if img["file_name"] not in present]
-        if missing:
-            raise DataError(f"{len(missing)} images listed in {annotation_file} are not in "
-                            f"{self.image_dir}, e.g. {missing[:3]}")
-        if masks:
-            check_segmentations(self.coco, annotation_file)
         ids = sorted(self.coco.getImgIds())
         if train:
             ids = [i for i in ids if self._targets_of(i)]

@@ -99,24 +99,19 @@ def check_data(cfg) -> int:
     """The COCO splits exist and are well-formed (generating the smoke set when asked), with the
     same categories and images to train on; returns the number of evaluation images."""
     from ...coco import synthetic
-    from ...coco.dataset import check_image_sizes, check_segmentations, load_coco, split_paths
+    from ...coco.dataset import load_split, require_objects, split_paths
 
     if cfg.KDCL.SYNTHETIC:
         synthetic.generate(cfg.KDCL.DATA_ROOT)
-    indexes = []
-    for split in (cfg.KDCL.TRAIN_SPLIT, cfg.KDCL.VAL_SPLIT):
-        images, annotations = split_paths(cfg.KDCL.DATA_ROOT, split)
-        indexes.append(load_coco(annotations))  # validates every annotation, naming bad ones
-        check_image_sizes(indexes[-1], annotations, cfg.KDCL.MAX_IMAGE_PIXELS, LIMIT_KEY)
-        if cfg.MODEL.MASK_ON:  # Detectron2 would drop these objects, torchvision's loader fail
-            check_segmentations(indexes[-1], annotations)
-    train, val = indexes
+    splits = [split_paths(cfg.KDCL.DATA_ROOT, s) for s in (cfg.KDCL.TRAIN_SPLIT,
+                                                           cfg.KDCL.VAL_SPLIT)]
+    # (masks: Detectron2 would drop the objects without one)
+    train, val = (load_split(*paths, cfg.KDCL.MAX_IMAGE_PIXELS, LIMIT_KEY, cfg.MODEL.MASK_ON)
+                  for paths in splits)
     if sorted(train.getCatIds()) != sorted(val.getCatIds()):
         raise DataError(f"the categories of {cfg.KDCL.TRAIN_SPLIT} and {cfg.KDCL.VAL_SPLIT} "
                         f"differ: {sorted(train.getCatIds())} vs {sorted(val.getCatIds())}")
-    if not any(not a.get("iscrowd", 0) for a in train.dataset["annotations"]):
-        raise DataError(f"{cfg.KDCL.TRAIN_SPLIT} of {cfg.KDCL.DATA_ROOT} has no annotated "
-                        f"object: nothing to fine-tune on")
+    require_objects(train, splits[0][1])
     return len(val.dataset["images"])
 
 

@@ -126,12 +126,12 @@ class Backend(MMEngineBackend):
 
 
 def check_data(cfg) -> int:
-    """The splits' files exist and their annotations are well-formed (kdcl's COCO checks), the
+    """The splits' files exist and pass the COCO checks every backend makes (load_split), the
     classes are the annotations' categories (mmdet would drop the objects of any other), and
     there are objects to train on; returns the number of evaluation images."""
     from kdcl_common.images import MAX_PIXELS
 
-    from ...coco.dataset import check_image_sizes, check_segmentations, load_coco
+    from ...coco.dataset import load_split, require_objects
 
     limit = cfg.get("kdcl", {}).get("max_image_pixels", MAX_PIXELS)
     indexes = []
@@ -144,10 +144,7 @@ def check_data(cfg) -> int:
                             f"2017.json under the data root ($COCO_ROOT, or override "
                             f"train_dataloader.dataset.data_root and val_dataloader.dataset."
                             f"data_root)")
-        coco = load_coco(annotations)  # validates every annotation, naming bad ones
-        check_image_sizes(coco, annotations, limit, "kdcl.max_image_pixels")
-        if has_masks(cfg):
-            check_segmentations(coco, annotations)
+        coco = load_split(images, annotations, limit, "kdcl.max_image_pixels", has_masks(cfg))
         found = tuple(c["name"] for c in sorted(coco.dataset["categories"], key=lambda c: c["id"]))
         names = classes(cfg, loader)
         if found != names:
@@ -158,7 +155,5 @@ def check_data(cfg) -> int:
                             f"is for")
         indexes.append(coco)
     train, val = indexes
-    if not any(not a.get("iscrowd", 0) for a in train.dataset["annotations"]):
-        raise DataError(f"{split_files(cfg, 'train_dataloader')[1]} has no annotated object: "
-                        f"nothing to fine-tune on")
+    require_objects(train, split_files(cfg, "train_dataloader")[1])
     return len(val.dataset["images"])

@@ -186,6 +186,11 @@ class RunLock:
             if beat is None:
                 continue  # released meanwhile: try again
             why = self._dead(holder, beat)
+            if why is None and holder is None:
+                # created this instant by another process, which writes its identity next
+                # (O_EXCL first, then the content): read it again in a moment
+                time.sleep(0.05)
+                continue
             if why is None:
                 raise LockedError(
                     f"{self.folder} is in use by another run ({holder.describe()}): two "
